@@ -1,0 +1,171 @@
+"""The six KeypointNet loss terms and their weighted total, as pure functions.
+
+Shapes follow `geometry` (B batch, K keypoints, H x W image). Each term is computed per view and the views'
+values are added, as in the released code (`../shared/PAPER.md` section 3). Every normalisation uses the
+shapes of the tensors it is given, never a configured batch size (the TF1 separation loss divided by the
+--batch_size flag; with a full batch the two agree).
+"""
+
+import math
+
+import tensorflow as tf
+
+from keypointnet_tf import config as config_lib
+from keypointnet_tf import geometry
+
+
+def _reprojection_error(uvz_a, uv_b, mvi_a, mv_b, focal):
+  """Mean over the batch of sum_i (1/K) |project(mv_b mvi_a unproject(uvz_a_i)) - uv_b_i|^2 (one direction)."""
+  xyz_a = geometry.unproject(uvz_a, focal)  # [B, K, 3] camera a
+  xyz_b = geometry.transform_points(mv_b, geometry.transform_points(mvi_a, xyz_a))  # [B, K, 3] camera b
+  uv_ab = geometry.project(xyz_b, focal)[..., :2]  # [B, K, 2]
+  return tf.reduce_mean(tf.reduce_sum(tf.square(uv_ab - uv_b), axis=-1))
+
+
+def consistency_loss(uvz0, uvz1, mv0, mvi0, mv1, mvi1, focal):
+  """Multi-view consistency: each view's keypoints, lifted to 3D and reprojected into the other view, should
+  land on that view's keypoints. Only (u, v) is compared, as in the code; z is not.
+
+  Args:
+    uvz0, uvz1: [B, K, 3] float. Predicted (u, v, z) in views 0 and 1.
+    mv0, mvi0, mv1, mvi1: [B, 4, 4] float. Object-to-camera matrices and their inverses.
+    focal: float, [] or [B]. NDC focal length.
+  Returns:
+    [] float. Sum over the two directions of mean_b sum_i (1/K) |error_i|^2, in NDC^2. The TF1 code's
+    normalisation (the paper's 1/(2K) form would be half of this).
+  """
+  return (_reprojection_error(uvz0, uvz1[..., :2], mvi0, mv1, focal) +
+          _reprojection_error(uvz1, uvz0[..., :2], mvi1, mv0, focal))
+
+
+def pose_loss(xyz0, xyz1, rotation, noise_stddev=0.0, generator=None):
+  """Relative-pose loss: angle between the Procrustes rotation of the keypoints and the true rotation.
+
+  Args:
+    xyz0, xyz1: [B, K, 3] float. Keypoints in camera 0 and camera 1 space.
+    rotation: [B, 3, 3] float. True rotation from camera 0 to camera 1 (`geometry.relative_rotation`).
+    noise_stddev: float. Standard deviation of i.i.d. Gaussian noise (object units) added to every
+      coordinate of both keypoint sets before the SVD (0.1 in the code). 0 disables it.
+    generator: tf.random.Generator. Source of the noise; required when noise_stddev > 0.
+  Returns:
+    dict with "angular": [] float, mean geodesic angle in radians (the loss), and "chordal": [] float, mean
+    squared Frobenius distance (logged only, as in the code).
+  """
+  xyz0 = tf.convert_to_tensor(xyz0)
+  xyz1 = tf.cast(xyz1, xyz0.dtype)
+  if noise_stddev:
+    if generator is None:
+      raise ValueError("pose_loss: `generator` (a tf.random.Generator) is required when noise_stddev > 0. "
+                       f"Received: noise_stddev={noise_stddev}, generator=None")
+    xyz0 = xyz0 + generator.normal(tf.shape(xyz0), stddev=noise_stddev, dtype=xyz0.dtype)
+    xyz1 = xyz1 + generator.normal(tf.shape(xyz1), stddev=noise_stddev, dtype=xyz1.dtype)
+  estimate = geometry.estimate_rotation(xyz0, xyz1)
+  rotation = tf.cast(rotation, estimate.dtype)
+  return {
+      "angular": tf.reduce_mean(geometry.angular_distance(estimate, rotation)),
+      "chordal": tf.reduce_mean(tf.square(geometry.chordal_distance(estimate, rotation))),
+  }
+
+
+def separation_loss(xyz, delta):
+  """Hinge on keypoint pairs whose squared distance is below `delta` (one view).
+
+  As in the code, all K^2 ordered pairs are summed, including i = j; each diagonal term is the constant
+  delta, which adds delta / 2 to the value and nothing to the gradient.
+
+  Args:
+    xyz: [B, K, 3] float. Keypoints in camera space.
+    delta: float. Threshold on the squared distance (0.05: pairs closer than ~0.224 units cost).
+  Returns:
+    [] float. sum_b sum_ij max(0, delta - |x_i - x_j|^2) / (2 B K).
+  """
+  xyz = tf.convert_to_tensor(xyz)
+  diff = xyz[:, :, tf.newaxis, :] - xyz[:, tf.newaxis, :, :]  # [B, K, K, 3]
+  hinge = tf.nn.relu(delta - tf.reduce_sum(tf.square(diff), axis=-1))  # [B, K, K]
+  batch, num_kp = tf.shape(xyz)[0], tf.shape(xyz)[1]
+  return tf.reduce_sum(hinge) / tf.cast(2 * batch * num_kp, xyz.dtype)
+
+
+def silhouette_loss(prob, mask):
+  """-log of each keypoint's probability mass on the object (one view).
+
+  Args:
+    prob: [B, K, H, W] float. Spatial-softmax heatmaps (each sums to 1).
+    mask: [B, H, W] float or bool. 1 on the object (alpha > 0), 0 on the background.
+  Returns:
+    [] float. mean_{b,i} -log(sum_p prob_i(p) mask(p) + 1e-12).
+  """
+  prob = tf.convert_to_tensor(prob)
+  mask = tf.cast(mask, prob.dtype)
+  mass = tf.reduce_sum(prob * mask[:, tf.newaxis], axis=[2, 3])  # [B, K]
+  return tf.reduce_mean(-tf.math.log(mass + 1e-12))
+
+
+def variance_loss(prob, uv):
+  """Spread of each heatmap around its expectation, in NDC^2 (one view).
+
+  Args:
+    prob: [B, K, H, W] float. Spatial-softmax heatmaps.
+    uv: [B, K, 2] float. Their expectations (the keypoints' NDC positions).
+  Returns:
+    [] float. mean_{b,i} sum_p prob_i(p) |grid(p) - uv_i|^2.
+  """
+  prob = tf.convert_to_tensor(prob)
+  grid = geometry.ndc_grid(tf.shape(prob)[2], tf.shape(prob)[3], prob.dtype)  # [H, W, 2]
+  diff = grid[tf.newaxis, tf.newaxis] - tf.cast(uv, prob.dtype)[:, :, tf.newaxis, tf.newaxis, :]  # [B,K,H,W,2]
+  return tf.reduce_mean(tf.reduce_sum(prob * tf.reduce_sum(tf.square(diff), axis=-1), axis=[2, 3]))
+
+
+def orientation_loss(orientation, mv, focal):
+  """MSE between the orientation network's two points and the projected object +x and -x axis ends (one view).
+
+  Args:
+    orientation: [B, 2, 2] float. Predicted NDC (u, v) of the +x end ([:, 0]) and the -x end ([:, 1]).
+    mv: [B, 4, 4] float. Object-to-camera matrix.
+    focal: float, [] or [B]. NDC focal length.
+  Returns:
+    [] float. Mean over the B x 2 x 2 elements of the squared error.
+  """
+  orientation = tf.convert_to_tensor(orientation)
+  target = geometry.orientation_targets(tf.cast(mv, orientation.dtype), focal)
+  return tf.reduce_mean(tf.square(orientation - target))
+
+
+def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), generator=None):
+  """All six terms, summed over both views where per-view, and their weighted total.
+
+  Args:
+    outputs0, outputs1: dicts from `KeypointNet.call` for view 0 and view 1 (uv [B,K,2], z [B,K],
+      uvz [B,K,3], prob [B,K,H,W], orientation [B,2,2]).
+    batch: dict with "image0", "image1" ([B, H, W, 4] RGBA in [0, 1]; alpha > 0 is the mask), "mv0", "mvi0",
+      "mv1", "mvi1" ([B, 4, 4]) and "focal" ([B] or []).
+    loss_config: config.LossConfig. Weights, separation delta and pose noise.
+    generator: tf.random.Generator, needed when loss_config.pose_noise_stddev > 0.
+  Returns:
+    dict of [] float32: "total", the six weighted terms' raw values "pose", "consistency", "separation",
+    "silhouette", "orientation", "variance", plus "chordal" (logged only).
+  """
+  focal = batch["focal"]
+  views = ((outputs0, batch["image0"], batch["mv0"]), (outputs1, batch["image1"], batch["mv1"]))
+  xyz = [geometry.unproject(tf.cast(out["uvz"], tf.float32), focal) for out, _, _ in views]
+  pose = pose_loss(xyz[0], xyz[1], geometry.relative_rotation(batch["mv0"], batch["mv1"]),
+                   loss_config.pose_noise_stddev, generator)
+  terms = {
+      "pose": pose["angular"],
+      "consistency": consistency_loss(outputs0["uvz"], outputs1["uvz"], batch["mv0"], batch["mvi0"],
+                                      batch["mv1"], batch["mvi1"], focal),
+      "separation": tf.add_n([separation_loss(x, loss_config.separation_delta) for x in xyz]),
+      "silhouette": tf.add_n([silhouette_loss(out["prob"], image[..., 3] > 0) for out, image, _ in views]),
+      "orientation": tf.add_n([orientation_loss(out["orientation"], mv, focal) for out, _, mv in views]),
+      "variance": tf.add_n([variance_loss(out["prob"], out["uv"]) for out, _, _ in views]),
+  }
+  terms = {name: tf.cast(value, tf.float32) for name, value in terms.items()}
+  weights = loss_config.weights
+  terms["total"] = tf.add_n([getattr(weights, name) * value for name, value in terms.items()])
+  terms["chordal"] = tf.cast(pose["chordal"], tf.float32)
+  return terms
+
+
+def angle_degrees(radians):
+  """Radians to degrees (for logs and tables)."""
+  return radians * (180.0 / math.pi)

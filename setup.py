@@ -1,0 +1,41 @@
+"""Packaging for keypointnet-tf.
+
+Two packages are installed: `keypointnet_tf` (the library) and `keypointnet_datasets` (the TFDS builder that
+lives in the `datasets/` folder; it is installed under its own name because a top-level `datasets` package
+would collide with Hugging Face's `datasets`).
+"""
+
+import setuptools
+
+setuptools.setup(
+    name="keypointnet-tf",
+    version="0.1.0",
+    description="KeypointNet (Suwajanakorn et al., NeurIPS 2018) in TensorFlow 2 / Keras 3",
+    python_requires=">=3.11",
+    packages=["keypointnet_tf", "keypointnet_datasets", "keypointnet_datasets.shapenet_pairs"],
+    package_dir={"keypointnet_datasets": "datasets"},
+    include_package_data=True,
+    package_data={"keypointnet_datasets.shapenet_pairs": [
+        "*.md", "*.bib", "*.txt", "*.tsv", "dummy_data/*", "dummy_data/**/*"]},
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.0",
+        "tensorflow-datasets>=4.9.4",
+        "tensorflow-graphics>=2021.12.3",
+        "numpy",
+        "pyrender>=0.1.45",
+        "trimesh>=4.0",
+        "absl-py",
+        "Pillow",
+        # Undeclared by tensorflow-datasets but needed: dataset generation imports importlib_resources; the
+        # stock `tfds` console script imports apache_beam and mlcroissant at start.
+        "importlib_resources",
+        "apache-beam",
+        "mlcroissant",
+    ],
+    extras_require={
+        # tfds.testing needs dill, which tensorflow-datasets does not declare.
+        "test": ["pytest>=7", "scipy", "dill"],
+        "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
+    },
+)
