@@ -34,8 +34,8 @@ setuptools.setup(
         "mlcroissant",
     ],
     extras_require={
-        # tfds.testing needs dill, which tensorflow-datasets does not declare.
-        "test": ["pytest>=7", "scipy", "dill"],
+        # tfds.testing needs dill (undeclared by tensorflow-datasets); trimesh's ray caster and proximity need rtree.
+        "test": ["pytest>=7", "scipy", "dill", "rtree"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
     },
 )

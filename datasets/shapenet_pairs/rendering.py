@@ -1,0 +1,183 @@
+"""Headless pyrender rendering of view pairs, in parallel worker processes.
+
+This is the only module that imports pyrender. Backend: EGL by default (Mesa's llvmpipe on a CPU-only machine,
+the GPU's EGL driver where there is one); set PYOPENGL_PLATFORM=osmesa before the first import to use OSMesa
+instead (needs Debian's libosmesa6 and PyOpenGL 3.1.10; OSMesa returns RGB only, so alpha is taken from
+depth > 0).
+
+Camera: the paper's (`../shared/PAPER.md` section 1.2): a perspective camera with a 5 degree field of view
+whose pose is the inverse of the stored object-to-camera matrix `mv` (conventions in keypointnet_tf.geometry;
+this module only inverts the rigid matrix). Lighting: a directional light from above (+Y, the object frame's
+up) plus ambient, diffuse only. Background: black and transparent. Output RGBA uint8 and depth (positive
+distance along the viewing axis, 0 on the background).
+"""
+
+import itertools
+import math
+import os
+import pickle
+import struct
+import subprocess
+import sys
+
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pyrender  # pylint: disable=g-import-not-at-top
+
+from keypointnet_datasets.shapenet_pairs import meshes  # pylint: disable=g-import-not-at-top
+
+# Near and far planes around the camera distance of 30 (objects fit in a unit-radius-ish ball).
+_ZNEAR, _ZFAR = 20.0, 40.0
+
+
+class Renderer:
+  """One OpenGL context rendering square RGBA images.
+
+  Args:
+    image_size: int. Output side in pixels (128 in the paper).
+    fov_degrees: float. Field of view (5 in the paper); the NDC focal length is cot(fov / 2).
+  """
+
+  def __init__(self, image_size, fov_degrees=5.0):
+    if "tensorflow" in sys.modules:
+      raise RuntimeError("Renderer cannot run in a process that imported TensorFlow (Mesa's EGL and TensorFlow "
+                         "crash together); use render_jobs, which renders in worker processes.")
+    self.image_size = int(image_size)
+    self.fov_degrees = float(fov_degrees)
+    self._renderer = pyrender.OffscreenRenderer(self.image_size, self.image_size)
+    self._rgba_supported = os.environ.get("PYOPENGL_PLATFORM") != "osmesa"
+
+  def render(self, mesh, model_view):
+    """Renders one view.
+
+    Args:
+      mesh: trimesh.Trimesh in object space (face or vertex colours).
+      model_view: [4, 4] float, object-to-camera matrix (column vectors).
+    Returns:
+      rgba: [S, S, 4] uint8, black transparent background.
+      depth: [S, S] float32, distance along the viewing axis (positive), 0 where nothing was hit.
+    """
+    scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.35, 0.35, 0.35])
+    scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=False))
+    camera = pyrender.PerspectiveCamera(yfov=math.radians(self.fov_degrees), aspectRatio=1.0, znear=_ZNEAR,
+                                        zfar=_ZFAR)
+    scene.add(camera, pose=np.linalg.inv(np.asarray(model_view, np.float64)))
+    light_pose = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], np.float64)  # -Z -> -Y
+    scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=3.0), pose=light_pose)
+    flags = pyrender.RenderFlags.RGBA if self._rgba_supported else pyrender.RenderFlags.NONE
+    color, depth = self._renderer.render(scene, flags=flags)
+    if color.shape[-1] == 3:
+      alpha = np.where(depth > 0, 255, 0).astype(np.uint8)[..., np.newaxis]
+      color = np.concatenate([color, alpha], axis=-1)
+    color = color.copy()
+    color[..., :3][color[..., 3] == 0] = 0  # keep the background black where it is transparent
+    return color, depth.astype(np.float32)
+
+  def close(self):
+    self._renderer.delete()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parallel rendering in worker processes. A job renders all views of one mesh: {"mesh": mesh spec (see
+# meshes.load), "model_views": [V, 4, 4]}. Its result is {"images": [V, S, S, 4] uint8, "keypoints": [K, 3]
+# float32, "error": None}, or {"error": "message"} when the mesh failed to load or render.
+#
+# Workers are separate Python processes (`python -m keypointnet_datasets.shapenet_pairs.rendering`) that never
+# import TensorFlow: Mesa's EGL/llvmpipe and TensorFlow in one process crash with a segmentation fault (both
+# carry LLVM), and multiprocessing's spawn would re-import the parent's main module (the tfds CLI imports
+# TensorFlow). Jobs and results travel as length-prefixed pickles over the workers' stdin and stdout.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _run_job(renderer, job):
+  try:
+    loaded = meshes.load(job["mesh"])
+    images = np.stack([renderer.render(loaded.mesh, mv)[0] for mv in job["model_views"]])
+    if not np.any(images[..., 3]):
+      raise ValueError("every view rendered empty (is the mesh degenerate or far from the origin?)")
+    return {"images": images, "keypoints": loaded.keypoints, "error": None}
+  except Exception as e:  # pylint: disable=broad-except
+    return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _write_message(stream, obj):
+  data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+  stream.write(struct.pack("<Q", len(data)))
+  stream.write(data)
+  stream.flush()
+
+
+def _read_message(stream):
+  header = stream.read(8)
+  if len(header) < 8:
+    return None
+  (size,) = struct.unpack("<Q", header)
+  return pickle.loads(stream.read(size))
+
+
+def _worker_main():
+  """Worker loop: the first message is (image_size, fov_degrees), then one job per message until EOF."""
+  stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+  sys.stdout = sys.stderr  # anything printed by libraries must not corrupt the result stream
+  image_size, fov_degrees = _read_message(stdin)
+  renderer = Renderer(image_size, fov_degrees)
+  while (job := _read_message(stdin)) is not None:
+    _write_message(stdout, _run_job(renderer, job))
+
+
+def render_jobs(jobs, image_size, fov_degrees=5.0, num_workers=None):
+  """Renders jobs in worker processes and yields their results in job order.
+
+  Args:
+    jobs: iterable of job dicts (see above).
+    image_size: int. Output side in pixels.
+    fov_degrees: float. Field of view.
+    num_workers: int or None. Worker processes; None uses every CPU core.
+  """
+  num_workers = max(1, num_workers or os.cpu_count() or 1)
+  env = dict(os.environ, PYOPENGL_PLATFORM=os.environ["PYOPENGL_PLATFORM"])
+  workers = [subprocess.Popen([sys.executable, "-m", "keypointnet_datasets.shapenet_pairs.rendering"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+             for _ in range(num_workers)]
+  try:
+    for worker in workers:
+      _write_message(worker.stdin, (image_size, fov_degrees))
+    jobs = iter(jobs)
+    sent = 0
+    # Job i goes to worker i % num_workers; two jobs in flight per worker keep every worker busy.
+    for _ in range(2 * num_workers):
+      job = next(jobs, None)
+      if job is None:
+        break
+      _write_message(workers[sent % num_workers].stdin, job)
+      sent += 1
+    for received in itertools.count():
+      if received == sent:
+        return
+      worker = workers[received % num_workers]
+      result = _read_message(worker.stdout)
+      if result is None:
+        raise RuntimeError(f"Rendering worker exited with code {worker.wait()} (see its messages above). "
+                           "Headless rendering needs Mesa's EGL: apt-get install libegl1 libegl-mesa0 "
+                           "libgl1-mesa-dri (bash install.sh does this).")
+      job = next(jobs, None)
+      if job is not None:
+        _write_message(worker.stdin, job)
+        sent += 1
+      yield result
+  finally:
+    for worker in workers:
+      try:
+        worker.stdin.close()
+      except OSError:
+        pass
+    for worker in workers:
+      try:
+        worker.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        worker.kill()
+
+
+if __name__ == "__main__":
+  _worker_main()

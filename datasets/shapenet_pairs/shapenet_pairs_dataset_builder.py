@@ -1,0 +1,212 @@
+"""shapenet_pairs: rendered view pairs of ShapeNet-style objects for KeypointNet.
+
+Each example is two RGBA renders of one object from two random cameras, with the cameras' model-view matrices
+in the layout of the paper's released TFRecords (see keypointnet_tf.geometry). Sources:
+- a local ShapeNetCore copy (v2 or v1 layout) in the manual directory, when one is given; or
+- by default, this project's procedural collection (datasets/shapenet_pairs/procedural.py), which also
+  provides exact ground-truth semantic keypoints.
+
+Build (see README.md):
+  tfds build datasets/shapenet_pairs --config=planes
+"""
+
+import dataclasses
+import hashlib
+import os
+import time
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from keypointnet_datasets.shapenet_pairs import cameras
+from keypointnet_datasets.shapenet_pairs import procedural
+from keypointnet_tf import geometry
+
+SYNSETS = {"cars": "02958343", "planes": "02691156", "chairs": "03001627"}
+SPLITS = ("train", "validation", "test")
+# ShapeNet models without a split list: a stable hash of the model id decides (85% / 5% / 10%).
+_HASH_SPLIT_PERCENT = {"test": 10, "validation": 5}
+
+
+@dataclasses.dataclass
+class ShapenetPairsConfig(tfds.core.BuilderConfig):
+  """Fields that change the bytes on disk.
+
+  Attributes:
+    category: "cars", "planes" or "chairs".
+    image_size: int. Render side in pixels (128 in the paper).
+    pairs_per_model: int. View pairs rendered per object (the released data: 100).
+    num_models: (train, validation, test) procedural objects per split; ignored for ShapeNet sources.
+    fov_degrees: float. Camera field of view (5: focal length cot(2.5 deg) = 22.90).
+    camera_distance: float. Camera distance from the object centre (30).
+    shift: float. Uniform camera position jitter per axis (0.2).
+    roll: bool. Random roll in [-90, 90] degrees about the viewing axis (off by default).
+  """
+  category: str = "planes"
+  image_size: int = 128
+  pairs_per_model: int = 10
+  num_models: tuple = (1000, 50, 100)
+  fov_degrees: float = 5.0
+  camera_distance: float = 30.0
+  shift: float = 0.2
+  roll: bool = False
+
+
+def _configs():
+  configs = []
+  for category in ("cars", "planes", "chairs"):
+    configs.append(ShapenetPairsConfig(
+        name=category, category=category,
+        description=f"{category} ({SYNSETS[category]}): 128 px, 10 pairs per model; procedural default "
+                    "1000 / 50 / 100 models."))
+    configs.append(ShapenetPairsConfig(
+        name=f"{category}_small", category=category, image_size=64, pairs_per_model=8, num_models=(200, 20, 40),
+        description=f"{category} at 64 px, 8 pairs per model; procedural default 200 / 20 / 40 models "
+                    "(for quick experiments and CPU smoke runs)."))
+  return configs
+
+
+def _stable_hash(text):
+  return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def _find_shapenet_models(manual_dir, synset_id):
+  """Returns ({split: [(model_id, obj_path, version)]}, root) from a manual directory, or ({}, None)."""
+  for root in (manual_dir, manual_dir / "ShapeNetCore.v2", manual_dir / "ShapeNetCore.v1"):
+    synset_dir = root / synset_id
+    if not synset_dir.is_dir():
+      continue
+    models = []
+    for model_dir in sorted(synset_dir.iterdir()):
+      if (model_dir / "models" / "model_normalized.obj").exists():
+        models.append((model_dir.name, model_dir / "models" / "model_normalized.obj", 2))
+      elif (model_dir / "model.obj").exists():
+        models.append((model_dir.name, model_dir / "model.obj", 1))
+    split_dir = manual_dir / "splits" / synset_id
+    assigned = {}
+    if split_dir.is_dir():
+      for split in SPLITS:
+        listing = split_dir / f"{split}.txt"
+        if listing.exists():
+          assigned.update({line.strip(): split for line in listing.read_text().splitlines() if line.strip()})
+    by_split = {split: [] for split in SPLITS}
+    for model_id, path, version in models:
+      split = assigned.get(model_id)
+      if split is None:
+        bucket = _stable_hash(model_id) % 100
+        split = ("test" if bucket < _HASH_SPLIT_PERCENT["test"] else
+                 "validation" if bucket < sum(_HASH_SPLIT_PERCENT.values()) else "train")
+      by_split[split].append((model_id, path, version))
+    return by_split, root
+  return {}, None
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """DatasetBuilder for shapenet_pairs."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release: procedural and ShapeNetCore sources."}
+  BUILDER_CONFIGS = _configs()
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  Optional. Without a manual directory the procedural collection is rendered.
+  To render real ShapeNetCore models, register at https://shapenet.org, download ShapeNetCore.v2 (or v1) and
+  extract the category folders so that one of these exists (synsets: cars 02958343, planes 02691156,
+  chairs 03001627):
+    <manual_dir>/<synset_id>/<model_id>/models/model_normalized.obj      (ShapeNetCore.v2)
+    <manual_dir>/ShapeNetCore.v2/<synset_id>/<model_id>/models/model_normalized.obj
+    <manual_dir>/<synset_id>/<model_id>/model.obj                        (ShapeNetCore.v1)
+  Optional split lists (one model id per line): <manual_dir>/splits/<synset_id>/{train,validation,test}.txt;
+  models not listed are assigned by a stable hash of their id (85% / 5% / 10%).
+  Then: tfds build datasets/shapenet_pairs --config=cars --manual_dir=<manual_dir>
+  """
+
+  def _info(self):
+    size = self.builder_config.image_size
+    matrix = tfds.features.Tensor(shape=(4, 4), dtype=np.float32)
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "img0": tfds.features.Image(shape=(size, size, 4)),
+            "img1": tfds.features.Image(shape=(size, size, 4)),
+            "mv0": matrix,
+            "mvi0": matrix,
+            "mv1": matrix,
+            "mvi1": matrix,
+            "focal": tfds.features.Scalar(dtype=np.float32),
+            "model_id": tfds.features.Text(),
+            "keypoints": tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
+            "keypoint_valid": tfds.features.Tensor(shape=(None,), dtype=np.bool_),
+        }),
+        supervised_keys=None,
+        homepage="https://keypoints.github.io/",
+    )
+
+  def _split_generators(self, dl_manager):
+    config = self.builder_config
+    synset_id = SYNSETS[config.category]
+    try:
+      manual_dir = dl_manager.manual_dir
+    except (AssertionError, ValueError):
+      manual_dir = None
+    if manual_dir is not None:
+      by_split, root = _find_shapenet_models(manual_dir, synset_id)
+      if root is None:
+        raise FileNotFoundError(
+            f"No ShapeNetCore folder for {config.category} (synset {synset_id}) in the manual directory "
+            f"{manual_dir}. Expected one of:\n  {manual_dir}/{synset_id}/<model_id>/models/model_normalized.obj\n"
+            f"  {manual_dir}/ShapeNetCore.v2/{synset_id}/<model_id>/models/model_normalized.obj\n"
+            f"  {manual_dir}/{synset_id}/<model_id>/model.obj\n"
+            "Leave out --manual_dir to build the procedural collection instead.")
+      scale = procedural.CATEGORY_SCALE[config.category]
+      sources = {split: [(model_id, {"kind": "shapenet", "path": os.fspath(path), "version": version,
+                                     "scale": scale}) for model_id, path, version in models]
+                 for split, models in by_split.items()}
+      logging.info("shapenet_pairs: ShapeNetCore source at %s: %s", root,
+                   {split: len(models) for split, models in sources.items()})
+    else:
+      sources = {}
+      start = 0
+      for split, count in zip(SPLITS, config.num_models):
+        sources[split] = [(f"procedural-{config.category}-{index:06d}",
+                           {"kind": "procedural", "category": config.category, "index": index})
+                          for index in range(start, start + count)]
+        start += count  # disjoint index ranges: splits never share an object
+    return {split: self._generate_examples(models) for split, models in sources.items()}
+
+  def _generate_examples(self, models):
+    """Yields (key, example) for every pair of every model; failed models are skipped and reported."""
+    # Imported here: rendering starts worker processes and is only needed when generating.
+    from keypointnet_datasets.shapenet_pairs import rendering  # pylint: disable=g-import-not-at-top
+    config = self.builder_config
+    focal = np.float32(geometry.focal_from_fov(config.fov_degrees))
+    model_views = {model_id: cameras.sample_pairs(np.random.default_rng(_stable_hash(model_id)),
+                                                  config.pairs_per_model, config.camera_distance, config.shift,
+                                                  config.roll) for model_id, _ in models}
+    jobs = ({"mesh": spec, "model_views": model_views[model_id].reshape(-1, 4, 4)} for model_id, spec in models)
+    failures = []
+    start = time.time()
+    for (model_id, _), result in zip(models, rendering.render_jobs(jobs, config.image_size, config.fov_degrees)):
+      if result["error"] is not None:
+        failures.append((model_id, result["error"]))
+        logging.warning("shapenet_pairs: skipping %s: %s", model_id, result["error"])
+        continue
+      images = result["images"].reshape(config.pairs_per_model, 2, config.image_size, config.image_size, 4)
+      keypoints = result["keypoints"].astype(np.float32)
+      for pair, (mv_pair, image_pair) in enumerate(zip(model_views[model_id], images)):
+        mv0, mv1 = mv_pair.astype(np.float32)
+        yield f"{model_id}/{pair:04d}", {
+            "img0": image_pair[0], "img1": image_pair[1],
+            "mv0": mv0, "mvi0": np.linalg.inv(mv_pair[0]).astype(np.float32),
+            "mv1": mv1, "mvi1": np.linalg.inv(mv_pair[1]).astype(np.float32),
+            "focal": focal, "model_id": model_id,
+            "keypoints": keypoints, "keypoint_valid": np.ones(len(keypoints), np.bool_),
+        }
+    message = (f"shapenet_pairs/{config.name}: rendered {len(models) - len(failures)} of {len(models)} models "
+               f"({(len(models) - len(failures)) * config.pairs_per_model} pairs) in {time.time() - start:.0f} s")
+    if failures:
+      message += f"; skipped {len(failures)} that failed to load or render: " + "; ".join(
+          f"{model_id} ({error})" for model_id, error in failures[:20])
+      logging.warning(message)
+      print(message, flush=True)
+    else:
+      logging.info(message)
