@@ -80,8 +80,9 @@ class Renderer:
 
 # ----------------------------------------------------------------------------------------------------------
 # Parallel rendering in worker processes. A job renders all views of one mesh: {"mesh": mesh spec (see
-# meshes.load), "model_views": [V, 4, 4]}. Its result is {"images": [V, S, S, 4] uint8, "keypoints": [K, 3]
-# float32, "error": None}, or {"error": "message"} when the mesh failed to load or render.
+# meshes.load), "model_views": [V, 4, 4], optional "return_depth": bool}. Its result is {"images": [V, S, S, 4]
+# uint8, "keypoints": [K, 3] float32, "error": None, and "depths": [V, S, S] float32 when asked}, or
+# {"error": "message"} when the mesh failed to load or render.
 #
 # Workers are separate Python processes (`python -m keypointnet_datasets.shapenet_pairs.rendering`) that never
 # import TensorFlow: Mesa's EGL/llvmpipe and TensorFlow in one process crash with a segmentation fault (both
@@ -93,10 +94,14 @@ class Renderer:
 def _run_job(renderer, job):
   try:
     loaded = meshes.load(job["mesh"])
-    images = np.stack([renderer.render(loaded.mesh, mv)[0] for mv in job["model_views"]])
+    views = [renderer.render(loaded.mesh, mv) for mv in job["model_views"]]
+    images = np.stack([image for image, _ in views])
     if not np.any(images[..., 3]):
       raise ValueError("every view rendered empty (is the mesh degenerate or far from the origin?)")
-    return {"images": images, "keypoints": loaded.keypoints, "error": None}
+    result = {"images": images, "keypoints": loaded.keypoints, "error": None}
+    if job.get("return_depth"):
+      result["depths"] = np.stack([depth for _, depth in views])
+    return result
   except Exception as e:  # pylint: disable=broad-except
     return {"error": f"{type(e).__name__}: {e}"}
 

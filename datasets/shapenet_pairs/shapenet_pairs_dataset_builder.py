@@ -171,7 +171,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                            {"kind": "procedural", "category": config.category, "index": index})
                           for index in range(start, start + count)]
         start += count  # disjoint index ranges: splits never share an object
-    return {split: self._generate_examples(models) for split, models in sources.items()}
+    empty = [split for split, models in sources.items() if not models]
+    if len(empty) == len(sources):
+      raise ValueError(f"shapenet_pairs/{config.name}: no models to render in any split.")
+    if empty:
+      logging.warning("shapenet_pairs/%s: no models for split(s) %s; they are left out.", config.name, empty)
+    return {split: self._generate_examples(models) for split, models in sources.items() if models}
 
   def _generate_examples(self, models):
     """Yields (key, example) for every pair of every model; failed models are skipped and reported."""
