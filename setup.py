@@ -26,6 +26,7 @@ setuptools.setup(
         "pyrender>=0.1.45",
         "trimesh>=4.0",
         "absl-py",
+        "tensorboard",  # tf.summary needs it; TensorFlow 2.21 no longer installs it
         "Pillow",
         # Undeclared by tensorflow-datasets but needed: dataset generation imports importlib_resources; the
         # stock `tfds` console script imports apache_beam and mlcroissant at start.

@@ -37,3 +37,55 @@ class LossConfig:
   weights: LossWeights = LossWeights()
   separation_delta: float = 0.05  # Threshold on the *squared* distance (min distance ~0.224 units).
   pose_noise_stddev: float = 0.1  # Gaussian noise (object units) added to both keypoint sets.
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A training run. Defaults are the paper's GPU recipe (released code: main.py flags and hparams)."""
+
+  category: str = "planes"  # cars, planes or chairs.
+  data_dir: str = ""  # TFDS data directory; "" means TFDS's default (~/tensorflow_datasets).
+  dataset_config: str = ""  # shapenet_pairs config to train on; "" means the category's full config.
+  released_dir: str = ""  # A folder of the paper's released TFRecords; used instead of TFDS when set.
+  model_dir: str = ""  # Checkpoints, TensorBoard logs and config.json; "" means runs/<category>.
+  steps: int = 200_000  # Total optimizer steps.
+  batch_size: int = 8  # View pairs per replica (the paper: 8 x 32 replicas).
+  learning_rate: float = 1e-3  # Adam (beta1 0.9, beta2 0.999, epsilon 1e-8 as TF1).
+  warmup_steps: int = 0  # Linear learning-rate warm-up (0: constant rate, as the paper).
+  clip_norm: float = 5.0  # Global-norm gradient clipping.
+  image_size: int = 128  # Images are resized to this side before the network.
+  model: ModelConfig = ModelConfig()
+  loss: LossConfig = LossConfig()
+  anneal_start: int = 30_000  # Orientation flag: ground truth until here, then linearly annealed...
+  anneal_end: int = 60_000  # ...to the predicted flag here (round() makes it a switch at the midpoint).
+  supervised: bool = False  # Regress ground-truth keypoints (L2) instead of the unsupervised losses.
+  orientation_from: str = ""  # model_dir of a trained run whose orientation network is loaded and frozen.
+  strategy: str = "auto"  # auto (mirrored on >1 GPU), default (one device), mirrored, multi_worker.
+  mixed_precision: bool = False  # mixed_bfloat16 compute (GPU); heads, losses and the SVD stay float32.
+  jit_compile: bool = False  # XLA-compile the train step.
+  seed: int = 0  # Model initialisation, data order and pose noise.
+  shuffle_buffer: int = 4096  # Encoded examples in the shuffle buffer.
+  log_every: int = 50  # Steps between scalar summaries / log lines (summaries every 50 in the code).
+  image_summary_every: int = 1000  # Steps between keypoint pictures in TensorBoard.
+  checkpoint_every: int = 1000  # Steps between checkpoints (also saved on SIGINT/SIGTERM and at the end).
+  checkpoint_every_secs: float = 600.0  # ...and at least this often in seconds (the code: 600 s).
+  keep_checkpoints: int = 3  # Checkpoints kept by the CheckpointManager.
+
+
+def cpu_preset(category="planes"):
+  """A run sized for a 2-core CPU: see README "CPU preset" for what it reaches and how it was chosen."""
+  return TrainConfig(
+      category=category,
+      dataset_config=f"{category}_small",
+      steps=3000,
+      batch_size=8,
+      learning_rate=1e-3,
+      image_size=48,
+      model=ModelConfig(num_keypoints=10, num_filters=32, batch_norm_momentum=0.99),
+      loss=LossConfig(pose_noise_stddev=0.0),
+      anneal_start=1000,
+      anneal_end=2000,
+      log_every=25,
+      image_summary_every=500,
+      checkpoint_every=500,
+  )

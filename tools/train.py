@@ -1,0 +1,92 @@
+"""Trains KeypointNet (or the supervised baseline) on shapenet_pairs or the paper's released TFRecords.
+
+Examples:
+  python tools/train.py --category=planes                 # CPU preset on a machine without a GPU
+  python tools/train.py --category=cars --preset=paper    # the paper's recipe (GPU; 200k steps)
+  python tools/train.py --category=planes --supervised --model_dir=runs/planes_supervised
+  python tools/train.py --category=cars --released_dir=/data/cars_with_keypoints --preset=paper
+
+The data set is built first when it is missing. Rerunning the same command resumes from the last checkpoint;
+Ctrl-C saves a checkpoint and stops. TensorBoard: tensorboard --logdir runs/
+"""
+
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import tensorflow as tf
+
+from keypointnet_tf import config as config_lib
+from keypointnet_tf import training
+
+_PRESET = flags.DEFINE_enum("preset", "auto", ["auto", "cpu", "paper"],
+                            "auto: the CPU preset when no GPU is visible, else the paper's recipe.")
+_CATEGORY = flags.DEFINE_enum("category", "planes", ["cars", "planes", "chairs"], "Object category.")
+_INT_FLAGS = {name: flags.DEFINE_integer(name, None, help_text) for name, help_text in [
+    ("steps", "Total training steps."), ("batch_size", "View pairs per replica."),
+    ("num_keypoints", "Keypoints N."), ("num_filters", "Keypoint-network width."),
+    ("image_size", "Image side fed to the network."), ("anneal_start", "Orientation-flag anneal start step."),
+    ("anneal_end", "Orientation-flag anneal end step."), ("seed", "Random seed."),
+    ("warmup_steps", "Learning-rate warm-up steps."), ("log_every", "Steps between logs."),
+    ("checkpoint_every", "Steps between checkpoints.")]}
+_FLOAT_FLAGS = {name: flags.DEFINE_float(name, None, help_text) for name, help_text in [
+    ("learning_rate", "Adam learning rate."), ("noise", "Pose-loss noise stddev (object units)."),
+    ("separation_delta", "Separation threshold on squared distance."),
+    ("pose_weight", "Weight of the pose loss."), ("consistency_weight", "Weight of the consistency loss."),
+    ("separation_weight", "Weight of the separation loss."), ("silhouette_weight", "Weight of the silhouette loss."),
+    ("orientation_weight", "Weight of the orientation loss."), ("variance_weight", "Weight of the variance loss.")]}
+_STR_FLAGS = {name: flags.DEFINE_string(name, None, help_text) for name, help_text in [
+    ("data_dir", "TFDS data directory (default ~/tensorflow_datasets)."),
+    ("dataset_config", "shapenet_pairs config (default: the preset's)."),
+    ("released_dir", "Folder of the paper's released TFRecords (instead of TFDS)."),
+    ("model_dir", "Run directory (default runs/<category>)."),
+    ("orientation_from", "Run directory whose orientation network is loaded and frozen.")]}
+_SUPERVISED = flags.DEFINE_bool("supervised", None, "Train the supervised baseline.")
+_STRATEGY = flags.DEFINE_enum("strategy", None, ["auto", "default", "mirrored", "multi_worker"],
+                              "tf.distribute strategy.")
+_MIXED = flags.DEFINE_bool("mixed_precision", None, "mixed_bfloat16 compute.")
+_JIT = flags.DEFINE_bool("jit_compile", None, "XLA-compile the train step.")
+
+
+def _config_from_flags():
+  use_cpu = _PRESET.value == "cpu" or (_PRESET.value == "auto" and not tf.config.list_physical_devices("GPU"))
+  config = config_lib.cpu_preset(_CATEGORY.value) if use_cpu else config_lib.TrainConfig(category=_CATEGORY.value)
+  top = {name: flag.value for name, flag in {**_INT_FLAGS, **_STR_FLAGS}.items()
+         if flag.value is not None and name not in ("num_keypoints", "num_filters")}
+  top.update({name: flag.value for name, flag in [("learning_rate", _FLOAT_FLAGS["learning_rate"]),
+                                                   ("supervised", _SUPERVISED), ("strategy", _STRATEGY),
+                                                   ("mixed_precision", _MIXED), ("jit_compile", _JIT)]
+              if flag.value is not None})
+  model = {name: _INT_FLAGS[name].value for name in ("num_keypoints", "num_filters")
+           if _INT_FLAGS[name].value is not None}
+  loss = {key: _FLOAT_FLAGS[name].value for name, key in [("noise", "pose_noise_stddev"),
+                                                          ("separation_delta", "separation_delta")]
+          if _FLOAT_FLAGS[name].value is not None}
+  weights = {name[:-len("_weight")]: flag.value for name, flag in _FLOAT_FLAGS.items()
+             if name.endswith("_weight") and flag.value is not None}
+  config = dataclasses.replace(
+      config, **top, model=dataclasses.replace(config.model, **model),
+      loss=dataclasses.replace(config.loss, **loss, weights=dataclasses.replace(config.loss.weights, **weights)))
+  return config, "CPU preset" if use_cpu else "paper recipe"
+
+
+def main(argv):
+  del argv
+  config, preset = _config_from_flags()
+  print(f"Training {config.category} with the {preset} ({config.steps} steps, batch {config.batch_size}, "
+        f"{config.image_size} px, {config.model.num_filters} filters).", flush=True)
+  try:
+    result = training.train(config)
+  except (training.TrainingError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"Finished: {result}")
+  return 0 if result["status"] in ("done", "interrupted") else 1
+
+
+if __name__ == "__main__":
+  app.run(main)
