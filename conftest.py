@@ -12,3 +12,17 @@ def pytest_collection_modifyitems(config, items):
   if len(kept) != len(items):
     config.hook.pytest_deselected(items=[item for item in items if item.name == "test_session"])
     items[:] = kept
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def tiny_planes(tmp_path_factory):
+  """A tiny procedural planes shapenet_pairs build (32 px; 4 / 1 / 2 models x 2 pairs): (data_dir, config)."""
+  from keypointnet_datasets.shapenet_pairs import shapenet_pairs_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path_factory.mktemp("tfds")
+  config = builder_lib.ShapenetPairsConfig(name="tiny_train", category="planes", image_size=32, pairs_per_model=2,
+                                           num_models=(4, 1, 2))
+  builder_lib.Builder(config=config, data_dir=data_dir).download_and_prepare()
+  return str(data_dir), "tiny_train"

@@ -16,6 +16,7 @@ class ModelConfig:
   num_filters: int = 64  # Channels of every keypoint-network conv; the orientation net uses half.
   camera_distance: float = 30.0  # Fixed depth bias: z_map = -camera_distance + conv_z.
   batch_norm_momentum: float = 0.999  # slim.batch_norm decay.
+  sync_batch_norm: bool = False  # Batch statistics across replicas (the released code: per replica).
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,21 +26,29 @@ class DilatedBackbone(keras.layers.Layer):
   Input [B, H, W, C] -> output [B, H, W, num_filters]. Receptive field 129 px (131 with a 3x3 head).
   """
 
-  def __init__(self, num_filters, batch_norm_momentum=0.999, **kwargs):
+  def __init__(self, num_filters, batch_norm_momentum=0.999, sync_batch_norm=False, **kwargs):
     super().__init__(**kwargs)
     self.num_filters = num_filters
     self.batch_norm_momentum = batch_norm_momentum
-    self.convs = [
-        keras.layers.Conv2D(num_filters, 3, padding="same", dilation_rate=rate, use_bias=False,
-                            kernel_initializer="glorot_uniform", name=f"conv{i}")
-        for i, rate in enumerate(DILATION_RATES)
-    ]
-    self.norms = [
-        keras.layers.BatchNormalization(momentum=batch_norm_momentum, epsilon=1e-3, scale=False,
-                                        name=f"bn{i}")
-        for i in range(len(DILATION_RATES))
-    ]
+    self.sync_batch_norm = sync_batch_norm
+    # Layers are attributes (conv0, bn0, ...), not list items: tf.train.Checkpoint does not follow Keras 3's
+    # tracked lists, and checkpoints must hold every weight.
+    for i, rate in enumerate(DILATION_RATES):
+      setattr(self, f"conv{i}", keras.layers.Conv2D(num_filters, 3, padding="same", dilation_rate=rate,
+                                                    use_bias=False, kernel_initializer="glorot_uniform",
+                                                    name=f"conv{i}"))
+      setattr(self, f"bn{i}", keras.layers.BatchNormalization(momentum=batch_norm_momentum, epsilon=1e-3,
+                                                               scale=False, synchronized=sync_batch_norm,
+                                                               name=f"bn{i}"))
     self.activation = keras.layers.LeakyReLU(negative_slope=0.1, name="leaky_relu")
+
+  @property
+  def convs(self):
+    return [getattr(self, f"conv{i}") for i in range(len(DILATION_RATES))]
+
+  @property
+  def norms(self):
+    return [getattr(self, f"bn{i}") for i in range(len(DILATION_RATES))]
 
   def build(self, input_shape):
     shape = tuple(input_shape)
@@ -60,7 +68,7 @@ class DilatedBackbone(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "num_filters": self.num_filters,
-            "batch_norm_momentum": self.batch_norm_momentum}
+            "batch_norm_momentum": self.batch_norm_momentum, "sync_batch_norm": self.sync_batch_norm}
 
 
 def spatial_softmax(logits):
@@ -91,10 +99,12 @@ class KeypointNet(keras.Model):
     num_filters: int > 1. Width of the keypoint backbone; the orientation network uses num_filters // 2.
     camera_distance: float > 0. Depth bias: z_map = -camera_distance + conv_z (30 for the paper's renders).
     batch_norm_momentum: float in [0, 1). Moving-average decay of the batch norms (slim: 0.999).
+    sync_batch_norm: bool. Batch statistics over all replicas of a tf.distribute strategy. False (the released
+      code's behaviour: each of its 32 replicas normalised its own 8 pairs).
   """
 
   def __init__(self, num_keypoints=10, num_filters=64, camera_distance=30.0, batch_norm_momentum=0.999,
-               **kwargs):
+               sync_batch_norm=False, **kwargs):
     super().__init__(**kwargs)
     if int(num_keypoints) != num_keypoints or num_keypoints < 1:
       raise ValueError(f"num_keypoints must be a positive integer. Received: num_keypoints={num_keypoints}")
@@ -109,10 +119,12 @@ class KeypointNet(keras.Model):
     self.num_filters = int(num_filters)
     self.camera_distance = float(camera_distance)
     self.batch_norm_momentum = float(batch_norm_momentum)
-    self.orientation_backbone = DilatedBackbone(self.num_filters // 2, batch_norm_momentum,
+    self.sync_batch_norm = bool(sync_batch_norm)
+    self.orientation_backbone = DilatedBackbone(self.num_filters // 2, batch_norm_momentum, self.sync_batch_norm,
                                                 name="orientation_backbone")
     self.orientation_head = keras.layers.Conv2D(2, 3, padding="same", name="orientation_head")
-    self.keypoint_backbone = DilatedBackbone(self.num_filters, batch_norm_momentum, name="keypoint_backbone")
+    self.keypoint_backbone = DilatedBackbone(self.num_filters, batch_norm_momentum, self.sync_batch_norm,
+                                             name="keypoint_backbone")
     self.uv_head = keras.layers.Conv2D(self.num_keypoints, 3, padding="same", name="uv_head")
     self.z_head = keras.layers.Conv2D(self.num_keypoints, 3, padding="same", name="z_head")
 
@@ -178,7 +190,8 @@ class KeypointNet(keras.Model):
 
   def get_config(self):
     return {**super().get_config(), "num_keypoints": self.num_keypoints, "num_filters": self.num_filters,
-            "camera_distance": self.camera_distance, "batch_norm_momentum": self.batch_norm_momentum}
+            "camera_distance": self.camera_distance, "batch_norm_momentum": self.batch_norm_momentum,
+            "sync_batch_norm": self.sync_batch_norm}
 
   @classmethod
   def from_config(cls, config):
@@ -189,7 +202,8 @@ def build_model(model_config, image_size=None):
   """Creates a KeypointNet from a `config.ModelConfig`; builds its weights when `image_size` is given."""
   model = KeypointNet(num_keypoints=model_config.num_keypoints, num_filters=model_config.num_filters,
                       camera_distance=model_config.camera_distance,
-                      batch_norm_momentum=model_config.batch_norm_momentum)
+                      batch_norm_momentum=model_config.batch_norm_momentum,
+                      sync_batch_norm=model_config.sync_batch_norm)
   if image_size is not None:
     model(tf.zeros([1, image_size, image_size, 4]))
   return model

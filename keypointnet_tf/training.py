@@ -199,7 +199,7 @@ def build_train_step(net, optimizer, strategy, config, generator, step_var, non_
     finite = tf.logical_and(tf.math.is_finite(terms["total"]),
                             tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
     if num_replicas > 1:
-      finite = context.all_reduce(tf.distribute.ReduceOp.MIN, tf.cast(finite, tf.float32)) > 0
+      finite = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)) < 0.5
     clipped, global_norm = tf.clip_by_global_norm(grads, config.clip_norm)
     # No tf.cond around apply_gradients (MirroredStrategy forbids merge_call inside control flow): a
     # non-finite step applies zero gradients, is counted in non_finite_steps, and the host stops the run
@@ -224,13 +224,10 @@ def build_train_step(net, optimizer, strategy, config, generator, step_var, non_
 
 def _load_frozen_orientation_network(net, run_dir):
   """Copies a trained run's orientation network into `net` and freezes it (the paper's "pretrained O-Net")."""
-  other_config = load_config(run_dir)
-  other = model_lib.build_model(other_config.model)
-  other(tf.zeros([1, 32, 32, 4]))
-  latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-  if latest is None:
-    raise TrainingError(f"orientation_from={run_dir}: no checkpoint in {run_dir}/checkpoints.")
-  tf.train.Checkpoint(model=other).restore(latest).expect_partial()
+  try:
+    other, _ = load_trained_model(run_dir)
+  except FileNotFoundError as e:
+    raise TrainingError(f"orientation_from={run_dir}: {e}") from e
   if other.num_filters != net.num_filters:
     raise TrainingError(f"orientation_from={run_dir}: its num_filters={other.num_filters} differs from "
                         f"this run's {net.num_filters}; the orientation networks must have the same size.")
@@ -238,7 +235,22 @@ def _load_frozen_orientation_network(net, run_dir):
                        (net.orientation_head, other.orientation_head)):
     mine.set_weights(theirs.get_weights())
     mine.trainable = False
-  logging.info("Loaded and froze the orientation network of %s (%s).", run_dir, latest)
+  logging.info("Loaded and froze the orientation network of %s.", run_dir)
+
+
+def load_trained_model(model_dir, checkpoint=None):
+  """KeypointNet of a training run, with the latest (or the given) checkpoint's weights.
+
+  Returns:
+    (model, TrainConfig).
+  """
+  run_config = load_config(model_dir)
+  net = model_lib.build_model(run_config.model, image_size=32)
+  checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  if checkpoint is None:
+    raise FileNotFoundError(f"No checkpoint in {model_dir}/checkpoints: train first (tools/train.py).")
+  tf.train.Checkpoint(model=net).restore(checkpoint).expect_partial()
+  return net, run_config
 
 
 # ------------------------------------------------------------------------------------------------------------

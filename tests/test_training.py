@@ -1,0 +1,225 @@
+"""Training loop: learning, resume, NaN guard, schedules, supervised mode, distribution, the command line."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keypointnet_tf import config as config_lib
+from keypointnet_tf import input_pipeline
+from keypointnet_tf import training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(tmp_path, **kwargs):
+  base = config_lib.TrainConfig(
+      category="planes", model_dir=str(tmp_path / "run"), steps=8, batch_size=4, image_size=32,
+      model=config_lib.ModelConfig(num_keypoints=4, num_filters=8, batch_norm_momentum=0.9),
+      loss=config_lib.LossConfig(pose_noise_stddev=0.1), anneal_start=2, anneal_end=6, log_every=1,
+      image_summary_every=4, checkpoint_every=4, seed=1)
+  return dataclasses.replace(base, **kwargs)
+
+
+def _one_batch_dataset(data_dir, config_name, batch_size=4):
+  """The same first batch repeated forever: training order cannot depend on where a run resumed."""
+  source = input_pipeline.find_tfds_dir(data_dir, config_name)
+  batch = next(iter(input_pipeline.make_dataset(source, "train", batch_size, image_size=32, deterministic=True)))
+  return tf.data.Dataset.from_tensors(batch).repeat()
+
+
+def _weights(model_dir):
+  net, _ = training.load_trained_model(model_dir)
+  return [v.numpy() for v in net.weights]
+
+
+def test_flag_mix_matches_released_schedule():
+  # clip((end - step) / (end - start), 0, 1) with the code's 30k / 60k.
+  for step, expected in [(0, 1.0), (30000, 1.0), (37500, 0.75), (45000, 0.5), (60000, 0.0), (90000, 0.0)]:
+    assert training.flag_mix(step, 30000, 60000).numpy() == pytest.approx(expected)
+  # With round(): ground truth until the midpoint, predicted from it on (where they disagree).
+  for step, uses_truth in [(44999, True), (45000, False)]:
+    mix = training.flag_mix(step, 30000, 60000)
+    assert tf.round(mix * 1.0 + (1 - mix) * 0.0).numpy() == float(uses_truth)
+
+
+def test_few_steps_reduce_loss_with_fixed_seed(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  config = _config(tmp_path, steps=30, loss=config_lib.LossConfig(pose_noise_stddev=0.0), log_every=30)
+  first = _config(tmp_path / "first", steps=1)
+  dataset = _one_batch_dataset(data_dir, name)
+  start = training.train(first, dataset)
+  end = training.train(config, dataset)
+  assert end["status"] == "done" and end["step"] == 30
+  assert end["total"] < 0.8 * start["total"]
+  for sub in ("checkpoints", "train"):
+    assert os.listdir(os.path.join(config.model_dir, sub))
+  with open(os.path.join(config.model_dir, "config.json")) as f:
+    assert json.load(f)["steps"] == 30
+
+
+def test_resume_restores_step_weights_optimizer_and_noise(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  dataset = _one_batch_dataset(data_dir, name)
+  straight = _config(tmp_path / "straight", steps=6, checkpoint_every=100)
+  training.train(straight, dataset)
+  resumed = _config(tmp_path / "resumed", steps=3, checkpoint_every=100)
+  assert training.train(resumed, dataset)["step"] == 3
+  result = training.train(dataclasses.replace(resumed, steps=6), dataset)
+  assert result["step"] == 6
+  # Same batch every step: only a complete restore (weights, Adam moments and step, noise generator state,
+  # batch-norm statistics) makes 3 + 3 steps land exactly where 6 straight steps do.
+  for a, b in zip(_weights(straight.model_dir), _weights(resumed.model_dir)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(resumed.model_dir, "checkpoints")))
+  assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 6
+
+
+def test_resume_with_conflicting_settings_is_refused(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  config = _config(tmp_path, steps=1)
+  training.train(config, _one_batch_dataset(data_dir, name))
+  with pytest.raises(training.TrainingError, match=r"learning_rate: saved 0\.001, now 0\.01"):
+    training.train(dataclasses.replace(config, learning_rate=0.01, steps=2), _one_batch_dataset(data_dir, name))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_planes, tmp_path, capsys):
+  data_dir, name = tiny_planes
+  good = next(iter(_one_batch_dataset(data_dir, name)))
+  poisoned = dict(good, image0=good["image0"] * np.nan)
+  dataset = tf.data.Dataset.from_tensors(good).repeat(4).concatenate(tf.data.Dataset.from_tensors(poisoned)
+                                                                     .repeat())
+  config = _config(tmp_path, steps=8, checkpoint_every=2, log_every=3)
+  result = training.train(config, dataset)
+  assert result["status"] == "non_finite"
+  assert "Non-finite loss or gradient by step 6" in capsys.readouterr().err
+  latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+  assert latest.endswith("ckpt-4")  # saved before the poisoned step 5, nothing after it
+  assert all(np.all(np.isfinite(w)) for w in _weights(config.model_dir))
+
+
+def test_supervised_mode_learns_keypoints(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  config = _config(tmp_path, steps=40, supervised=True, log_every=40,
+                   model=config_lib.ModelConfig(num_keypoints=9, num_filters=8, batch_norm_momentum=0.9))
+  first = training.train(dataclasses.replace(config, steps=1, model_dir=str(tmp_path / "s1")),
+                         _one_batch_dataset(data_dir, name))
+  last = training.train(config, _one_batch_dataset(data_dir, name))
+  assert set(first) >= {"supervised", "orientation", "total"}
+  assert last["supervised"] < 0.5 * first["supervised"]
+
+
+def test_pretrained_orientation_network_is_loaded_and_frozen(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  donor = _config(tmp_path / "donor", steps=2)
+  training.train(donor, _one_batch_dataset(data_dir, name))
+  donor_net, _ = training.load_trained_model(donor.model_dir)
+  config = _config(tmp_path / "user", steps=3, orientation_from=donor.model_dir)
+  training.train(config, _one_batch_dataset(data_dir, name))
+  net, _ = training.load_trained_model(config.model_dir)
+  for mine, theirs in zip(net.orientation_backbone.convs + [net.orientation_head],
+                          donor_net.orientation_backbone.convs + [donor_net.orientation_head]):
+    np.testing.assert_array_equal(mine.kernel.numpy(), theirs.kernel.numpy())
+  assert not np.array_equal(net.uv_head.kernel.numpy(), donor_net.uv_head.kernel.numpy())
+
+
+_EQUIVALENCE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from keypointnet_tf import config as config_lib, input_pipeline, training
+    data_dir, name, out = sys.argv[1:4]
+    source = input_pipeline.find_tfds_dir(data_dir, name)
+    batch = next(iter(input_pipeline.make_dataset(source, "train", 8, image_size=32, deterministic=True)))
+    results = {}
+    for strategy in ("default", "mirrored"):
+      config = config_lib.TrainConfig(
+          category="planes", model_dir=f"{out}/{strategy}", steps=1, batch_size=8 if strategy == "default" else 4,
+          image_size=32, strategy=strategy, log_every=1, seed=3, learning_rate=1e-2,
+          model=config_lib.ModelConfig(num_keypoints=4, num_filters=8, sync_batch_norm=True),
+          loss=config_lib.LossConfig(pose_noise_stddev=0.0))
+      result = training.train(config, tf.data.Dataset.from_tensors(batch).repeat())
+      net, _ = training.load_trained_model(config.model_dir)
+      results[strategy] = {"loss": result["total"], "norm": result["gradient_norm"],
+                           "weights": np.concatenate([w.numpy().ravel() for w in net.weights])}
+    diff = np.abs(results["default"]["weights"] - results["mirrored"]["weights"])
+    print(json.dumps({"replicas": len(tf.config.list_logical_devices("CPU")),
+                      "loss": [results[k]["loss"] for k in ("default", "mirrored")],
+                      "norm": [results[k]["norm"] for k in ("default", "mirrored")],
+                      "share_differing": float(np.mean(diff > 1e-4)), "count": int(diff.size)}))
+""")
+
+
+def test_mirrored_two_devices_matches_one_device(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  script = tmp_path / "equivalence.py"
+  script.write_text(_EQUIVALENCE_SCRIPT)
+  proc = subprocess.run([sys.executable, str(script), data_dir, name, str(tmp_path)], capture_output=True,
+                        text=True, timeout=300, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
+  assert summary["replicas"] == 2
+  assert summary["loss"][1] == pytest.approx(summary["loss"][0], rel=1e-4)
+  # The all-reduced global gradient: float32 sums in another order through sync batch norm and the SVD
+  # differ by ~4e-4 relative (measured).
+  assert summary["norm"][1] == pytest.approx(summary["norm"][0], rel=2e-3)
+  # Adam's first step moves every weight by ~lr * sign(gradient): weights whose gradient is ~0 can flip sign on
+  # float round-off between the two reductions, so a handful may differ by 2 * lr; the rest must agree.
+  assert summary["share_differing"] < 0.01, summary
+
+
+def _train_command(data_dir, name, model_dir, steps):
+  return [sys.executable, os.path.join(REPO, "tools", "train.py"), "--preset=cpu", "--category=planes",
+          f"--data_dir={data_dir}", f"--dataset_config={name}", f"--model_dir={model_dir}", f"--steps={steps}",
+          "--image_size=32", "--num_filters=4", "--num_keypoints=4", "--batch_size=2", "--log_every=1",
+          "--checkpoint_every=2"]
+
+
+def _wait_for_checkpoint(model_dir, minimum, process, timeout=180):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest and int(latest.rsplit("-", 1)[1]) >= minimum:
+      return int(latest.rsplit("-", 1)[1])
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.5)
+  raise AssertionError("no checkpoint written in time")
+
+
+def test_command_line_sigint_and_sigkill_then_resume(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  model_dir = str(tmp_path / "cli")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  # SIGINT: the run saves a checkpoint and exits cleanly.
+  proc = subprocess.Popen(_train_command(data_dir, name, model_dir, 10000), env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  _wait_for_checkpoint(model_dir, 2, proc)
+  proc.send_signal(signal.SIGINT)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-2000:]
+  assert "Interrupted at step" in out
+  interrupted_at = int(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).rsplit("-", 1)[1])
+  # SIGKILL: no chance to save; the next run resumes from the last complete checkpoint.
+  proc = subprocess.Popen(_train_command(data_dir, name, model_dir, 10000), env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  killed_after = _wait_for_checkpoint(model_dir, interrupted_at + 2, proc)
+  proc.kill()
+  proc.communicate()
+  latest = int(tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).rsplit("-", 1)[1])
+  assert latest >= killed_after
+  done = subprocess.run(_train_command(data_dir, name, model_dir, latest + 2), env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+  assert f"(step {latest})" in done.stdout
+  assert f"'step': {latest + 2}" in done.stdout
