@@ -90,7 +90,8 @@ def _write_or_check_config(config):
   """Writes config.json for a new run; for an existing one, refuses conflicting settings."""
   path = os.path.join(config.model_dir, CONFIG_FILE)
   current = config_to_dict(config)
-  if tf.io.gfile.exists(path):
+  has_checkpoint = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")) is not None
+  if has_checkpoint and tf.io.gfile.exists(path):  # a run that never saved can be restarted with any settings
     with tf.io.gfile.GFile(path) as f:
       saved = json.load(f)
     conflicts = {key: (saved.get(key), value) for key, value in current.items()
@@ -329,7 +330,6 @@ def train(config, dataset=None):
     metrics as Python floats.
   """
   config = resolve(config)
-  _write_or_check_config(config)
   if config.mixed_precision:
     # bfloat16 needs no loss scaling (float16 would, and its scaled gradients would defeat the clipping).
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -339,6 +339,15 @@ def train(config, dataset=None):
     source = dataset_source(config)
     dataset = input_pipeline.make_dataset(source, "train", global_batch, image_size=config.image_size,
                                           shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+  if config.supervised:
+    data_keypoints = dataset.element_spec["keypoints"].shape[-2]
+    if data_keypoints == 0:
+      raise TrainingError("--supervised needs ground-truth keypoints, and this data has none (ShapeNet and the "
+                          "released TFRecords carry no keypoints); train on the procedural data set.")
+    if data_keypoints is not None and data_keypoints != config.model.num_keypoints:
+      raise TrainingError(f"--supervised regresses the data's {data_keypoints} ground-truth keypoints, but "
+                          f"num_keypoints={config.model.num_keypoints}: pass --num_keypoints={data_keypoints}.")
+  _write_or_check_config(config)
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
     net = model_lib.build_model(config.model, image_size=config.image_size)

@@ -223,3 +223,10 @@ def test_command_line_sigint_and_sigkill_then_resume(tiny_planes, tmp_path):
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
   assert f"(step {latest})" in done.stdout
   assert f"'step': {latest + 2}" in done.stdout
+
+
+def test_supervised_with_wrong_keypoint_count_gives_clear_error(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  config = _config(tmp_path, steps=1, supervised=True)  # 4 keypoints; procedural planes have 9
+  with pytest.raises(training.TrainingError, match="pass --num_keypoints=9"):
+    training.train(config, _one_batch_dataset(data_dir, name))
