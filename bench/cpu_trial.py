@@ -16,7 +16,6 @@ from absl import flags
 
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import evaluation
-from keypointnet_tf import input_pipeline
 from keypointnet_tf import training
 
 _DIR = flags.DEFINE_string("model_dir", "/tmp/trial", "Run directory.")
@@ -53,11 +52,7 @@ def main(argv):
                                image_size=_IMAGE.value or config.image_size,
                                learning_rate=_LR.value or config.learning_rate, log_every=100)
   result = training.train(config)
-  net, run_config = training.load_trained_model(_DIR.value)
-  source = training.dataset_source(training.resolve(run_config))
-  test = input_pipeline.make_dataset(source, "test", 32, image_size=run_config.image_size, shuffle=False,
-                                     repeat=False, deterministic=True, drop_remainder=False)
-  row = evaluation.evaluate(lambda images: net(images, training=False), test, max_pairs=_EVAL_PAIRS.value)
+  row, _ = evaluation.evaluate_run(_DIR.value, "test", max_pairs=_EVAL_PAIRS.value)
   row.pop("errors")
   print("TRAIN", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
   print("EVAL", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))

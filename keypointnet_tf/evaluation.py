@@ -9,6 +9,7 @@ objects (object units; the longest side of an object is 2).
 """
 
 import collections
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
@@ -97,3 +98,72 @@ def evaluate(predict_fn, dataset, noise_stddev=0.0, seed=0, max_pairs=None):
   row["errors"] = errors
   return row
 
+
+
+def evaluate_run(model_dir, split="test", noise_stddev=0.0, max_pairs=None, data_dir=None, released_dir=None,
+                 batch_size=32):
+  """Evaluates a training run's latest checkpoint on a split of its data.
+
+  Returns:
+    (row from evaluate(), category).
+  """
+  from keypointnet_tf import input_pipeline  # pylint: disable=g-import-not-at-top
+  from keypointnet_tf import training  # pylint: disable=g-import-not-at-top
+  net, config = training.load_trained_model(model_dir)
+  overrides = {k: v for k, v in (("data_dir", data_dir), ("released_dir", released_dir)) if v}
+  config = training.resolve(dataclasses.replace(config, **overrides))
+  source = training.dataset_source(config)
+  dataset = input_pipeline.make_dataset(source, split, batch_size, image_size=config.image_size, shuffle=False,
+                                        repeat=False, deterministic=True, drop_remainder=False)
+  predict = tf.function(lambda images: net(images, training=False), reduce_retracing=True)
+  return evaluate(predict, dataset, noise_stddev=noise_stddev, max_pairs=max_pairs), config.category
+
+
+# The paper's Table 1 (ShapeNet; mean / median angular error in degrees, 3D-SE), for reference beside ours.
+PAPER_TABLE = {
+    "a) supervised": {"cars": (16.268, 5.583, 0.240), "planes": (18.350, 7.168, 0.233),
+                      "chairs": (21.882, 8.771, 0.269)},
+    "b) supervised with pretrained O-Net": {"cars": (13.961, 4.475, 0.197), "planes": (17.800, 6.802, 0.230),
+                                            "chairs": (20.502, 8.261, 0.248)},
+    "c) KeypointNet with pretrained O-Net": {"cars": (13.500, 4.418, 0.165), "planes": (18.561, 6.407, 0.223),
+                                             "chairs": (14.238, 5.607, 0.203)},
+    "d) KeypointNet": {"cars": (11.310, 3.372, 0.171), "planes": (17.330, 5.721, 0.230),
+                       "chairs": (14.572, 5.420, 0.196)},
+}
+CATEGORIES = ("cars", "planes", "chairs")
+
+
+def markdown_table(results, include_paper=True):
+  """Rows laid out like the paper's Table 1, plus a second table of error shares.
+
+  Args:
+    results: list of (method name, {category: summarize() row}).
+    include_paper: bool. Add the paper's four rows (marked "paper:") for reference.
+  Returns:
+    str, Markdown.
+  """
+  header = "| method | " + " | ".join(f"{c} mean | {c} median | {c} 3D-SE" for c in CATEGORIES) + " |"
+  lines = [header, "|---|" + "---|" * (3 * len(CATEGORIES))]
+
+  def cells(values):
+    return " | ".join("—" if v is None else f"{v:.3f}" for v in values)
+
+  if include_paper:
+    for name, by_category in PAPER_TABLE.items():
+      values = [v for c in CATEGORIES for v in by_category[c]]
+      lines.append(f"| paper: {name} | {cells(values)} |")
+  for name, by_category in results:
+    values = []
+    for c in CATEGORIES:
+      row = by_category.get(c)
+      values += [None, None, None] if row is None else [row["mean"], row["median"], row["3d_se"]]
+    lines.append(f"| {name} | {cells(values)} |")
+  lines += ["", "| method | category | pairs | < 5 deg | < 10 deg | < 15 deg | < 30 deg | > 90 deg (flips) |",
+            "|---|---|---|---|---|---|---|---|"]
+  for name, by_category in results:
+    for c in CATEGORIES:
+      if c in by_category:
+        r = by_category[c]
+        lines.append(f"| {name} | {c} | {r['pairs']} | {r['under_5']:.1%} | {r['under_10']:.1%} | "
+                     f"{r['under_15']:.1%} | {r['under_30']:.1%} | {r['over_90']:.1%} |")
+  return "\n".join(lines) + "\n"
