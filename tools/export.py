@@ -1,0 +1,43 @@
+"""Exports a trained run as a SavedModel for TF Serving (see README "Serving").
+
+Example:
+  python tools/export.py --model_dir=runs/planes            # writes runs/planes/serving/1
+  saved_model_cli show --dir runs/planes/serving/1 --all
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+from keypointnet_tf import export
+from keypointnet_tf import geometry
+from keypointnet_tf import training
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory (default <model_dir>/serving/1).")
+_FOV = flags.DEFINE_float("fov_degrees", 5.0, "Field of view of the training camera (sets the focal length).")
+
+
+def main(argv):
+  del argv
+  output = _OUTPUT.value or os.path.join(_MODEL_DIR.value, "serving", "1")
+  if os.path.exists(output) and os.listdir(output):
+    print(f"error: {output} exists and is not empty; choose another --output or remove it.", file=sys.stderr)
+    return 2
+  try:
+    net, config = training.load_trained_model(_MODEL_DIR.value)
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  export.export_saved_model(net, output, config.image_size, geometry.focal_from_fov(_FOV.value))
+  print(f"SavedModel written to {output} (signatures: serving_default [encoded images], predict_images "
+        f"[float RGBA]); input size {config.image_size} px.")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)
