@@ -46,3 +46,17 @@ def sample_pairs(rng, num_pairs, distance=30.0, shift=0.2, roll=False):
     [num_pairs, 2, 4, 4] float64: mv of view 0 and view 1 (column-vector convention, see geometry).
   """
   return np.array([[_view(rng, distance, shift, roll) for _ in range(2)] for _ in range(num_pairs)])
+
+
+def turntable(num_frames, distance=30.0, elevation_degrees=45.0):
+  """Cameras circling the object at a fixed elevation (render.py's -rotate mode: 45 degrees).
+
+  Returns:
+    [num_frames, 4, 4] float64 object-to-camera matrices.
+  """
+  elevation = math.radians(elevation_degrees)
+  frames = []
+  for t in np.linspace(0.0, 2.0 * math.pi, num_frames, endpoint=False):
+    direction = np.array([math.cos(elevation) * math.sin(t), math.sin(elevation), -math.cos(elevation) * math.cos(t)])
+    frames.append(geometry.look_at_model_view(distance * direction))
+  return np.stack(frames)
