@@ -35,8 +35,9 @@ setuptools.setup(
         "mlcroissant",
     ],
     extras_require={
-        # tfds.testing needs dill (undeclared by tensorflow-datasets); trimesh's ray caster and proximity need rtree.
-        "test": ["pytest>=7", "scipy", "dill", "rtree"],
+        # tfds.testing needs dill (undeclared by tensorflow-datasets); trimesh's ray caster and proximity need rtree;
+        # tensorflow-serving-api builds the PredictRequest in the export test.
+        "test": ["pytest>=7", "scipy", "dill", "rtree", "tensorflow-serving-api"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
     },
 )

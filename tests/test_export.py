@@ -91,3 +91,19 @@ def test_saved_model_cli_show_and_run(exported, tmp_path):
                         "--inputs", f"images={inputs}"], capture_output=True, text=True, timeout=120)
   assert run.returncode == 0, run.stderr[-2000:]
   assert "orientation_flag" in run.stdout and "uv_pixels" in run.stdout
+
+
+def test_predict_request_for_the_signature(exported):
+  from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top (test extra)
+  _, path, _, files = exported
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = "keypointnet"
+  request.model_spec.signature_name = "serving_default"
+  request.inputs["images"].CopyFrom(tf.make_tensor_proto([open(files[0], "rb").read()], dtype=tf.string))
+  # The request's input name and dtype are the ones the SavedModel's signature declares.
+  signature = tf.saved_model.load(path).signatures["serving_default"]
+  spec = signature.structured_input_signature[1]
+  assert set(request.inputs) == set(spec) and spec["images"].dtype == tf.string
+  decoded = tf.make_ndarray(request.inputs["images"])
+  out = signature(images=tf.constant(decoded))
+  assert out["uv"].shape == (1, 3, 2)
