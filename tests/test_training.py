@@ -230,3 +230,13 @@ def test_supervised_with_wrong_keypoint_count_gives_clear_error(tiny_planes, tmp
   config = _config(tmp_path, steps=1, supervised=True)  # 4 keypoints; procedural planes have 9
   with pytest.raises(training.TrainingError, match="pass --num_keypoints=9"):
     training.train(config, _one_batch_dataset(data_dir, name))
+
+
+def test_mixed_precision_and_xla_options_train(tiny_planes, tmp_path):
+  # A subprocess: the mixed-precision policy is process-global and must not leak into other tests.
+  data_dir, name = tiny_planes
+  command = _train_command(data_dir, name, str(tmp_path / "mp"), 2) + ["--mixed_precision", "--jit_compile"]
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert "'status': 'done'" in proc.stdout and "'step': 2" in proc.stdout
