@@ -206,9 +206,11 @@ def estimate_rotation(xyz0, xyz1, weights=None):
   centred1 = xyz1 - tf.reduce_sum(w * xyz1, axis=1, keepdims=True)
   covariance = tf.linalg.matmul(centred0 * w, centred1, transpose_a=True)  # [B, 3, 3] = X0^T diag(w) X1
   _, u, v = tf.linalg.svd(covariance)  # covariance = U S V^T
-  # det(V U^T) is +-1, piecewise constant: no gradient. stop_gradient also keeps MatrixInverse (det's
-  # gradient) out of the backward pass, where a non-finite input would raise instead of propagating NaN.
-  det = tf.linalg.det(tf.stop_gradient(tf.linalg.matmul(v, u, transpose_b=True)))  # [B]
+  # det(V U^T) is +-1, piecewise constant: no gradient. Written as the triple product row0 . (row1 x row2)
+  # because XLA has no MatrixDeterminant kernel, and under stop_gradient so that no MatrixInverse (det's
+  # gradient) enters the backward pass, where a non-finite input would raise instead of propagating NaN.
+  vu = tf.stop_gradient(tf.linalg.matmul(v, u, transpose_b=True))  # [B, 3, 3]
+  det = tf.reduce_sum(vu[:, 0] * tf.linalg.cross(vu[:, 1], vu[:, 2]), axis=-1)  # [B]
   ones = tf.ones_like(det)
   fix = tf.linalg.diag(tf.stack([ones, ones, det], axis=-1))  # [B, 3, 3]
   return tf.linalg.matmul(tf.linalg.matmul(v, fix), u, transpose_b=True)  # V diag(1, 1, d) U^T

@@ -347,6 +347,8 @@ def train(config, dataset=None):
     if data_keypoints is not None and data_keypoints != config.model.num_keypoints:
       raise TrainingError(f"--supervised regresses the data's {data_keypoints} ground-truth keypoints, but "
                           f"num_keypoints={config.model.num_keypoints}: pass --num_keypoints={data_keypoints}.")
+  # The step needs only numeric tensors (a string model_id would also stop XLA compiling it).
+  dataset = dataset.map(lambda batch: {k: v for k, v in batch.items() if k != "model_id"})
   _write_or_check_config(config)
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
