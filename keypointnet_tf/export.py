@@ -16,15 +16,13 @@ import tensorflow as tf
 from keypointnet_tf import geometry
 
 
-def _outputs(net, images, sizes, image_size, focal):
+def _outputs(net, images, sizes, focal):
   """Shared tail of both signatures. images: [N, S, S, 4] float; sizes: [N, 2] float original (H, W)."""
   out = net(images, training=False)
   uv = out["uv"]
-  height, width = sizes[:, tf.newaxis, 0], sizes[:, tf.newaxis, 1]
-  pixels = tf.stack([(uv[..., 0] + 1.0) * width / 2.0 - 0.5, (1.0 - uv[..., 1]) * height / 2.0 - 0.5], axis=-1)
   return {
       "uv": uv,
-      "uv_pixels": pixels,
+      "uv_pixels": geometry.pixel_from_ndc(uv, sizes[:, tf.newaxis, 0], sizes[:, tf.newaxis, 1]),
       "z": out["z"],
       "xyz": geometry.unproject(out["uvz"], focal),
       "orientation_flag": out["orientation_flag"],
@@ -53,7 +51,7 @@ def export_saved_model(net, path, image_size, focal):
   def serve_bytes(images):
     decoded, sizes = tf.map_fn(decode_one, images, fn_output_signature=(
         tf.TensorSpec([image_size, image_size, 4], tf.float32), tf.TensorSpec([2], tf.float32)))
-    return _outputs(net, decoded, sizes, image_size, focal)
+    return _outputs(net, decoded, sizes, focal)
 
   def serve_float(images):
     shape = tf.shape(images)
@@ -61,7 +59,7 @@ def export_saved_model(net, path, image_size, focal):
                               "[N, H, W, 4] in [0, 1]; add an alpha channel (e.g. ones) to RGB images.")
     sizes = tf.cast(tf.tile(shape[tf.newaxis, 1:3], [shape[0], 1]), tf.float32)
     resized = tf.image.resize(images, [image_size, image_size], method="area", antialias=True)
-    return _outputs(net, resized, sizes, image_size, focal)
+    return _outputs(net, resized, sizes, focal)
 
   archive.add_endpoint("serving_default", serve_bytes,
                        input_signature=[tf.TensorSpec([None], tf.string, name="images")])

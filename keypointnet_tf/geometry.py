@@ -178,6 +178,21 @@ def ndc_grid(height, width, dtype=tf.float32):
   return tf.stack([uu, vv], axis=-1)
 
 
+def pixel_from_ndc(uv, height, width):
+  """NDC (u right, v up) to continuous pixel coordinates (column, row); inverse of `ndc_grid`.
+
+  Args:
+    uv: [..., 2] float NDC.
+    height, width: scalars or tensors broadcastable against uv[..., 0] (e.g. [N, 1] for uv [N, K, 2]).
+  Returns:
+    [..., 2] float (x = column, y = row); integer values are pixel centres.
+  """
+  uv = tf.convert_to_tensor(uv)
+  height = tf.cast(height, uv.dtype)
+  width = tf.cast(width, uv.dtype)
+  return tf.stack([(uv[..., 0] + 1.0) * width / 2.0 - 0.5, (1.0 - uv[..., 1]) * height / 2.0 - 0.5], axis=-1)
+
+
 def estimate_rotation(xyz0, xyz1, weights=None):
   """Weighted Kabsch / orthogonal Procrustes through `tf.linalg.svd`.
 

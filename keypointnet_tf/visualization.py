@@ -4,22 +4,12 @@ import colorsys
 
 import numpy as np
 
+from keypointnet_tf import geometry
+
 
 def keypoint_colors(num_keypoints):
   """[K, 3] float in [0, 1]: evenly spaced saturated hues, the same for every image and run."""
   return np.array([colorsys.hsv_to_rgb(k / max(num_keypoints, 1), 0.9, 1.0) for k in range(num_keypoints)])
-
-
-def pixel_from_ndc(uv, height, width):
-  """NDC (u right, v up) to continuous pixel (column, row) coordinates; inverse of geometry.ndc_grid.
-
-  Args:
-    uv: [..., 2] float NDC.
-  Returns:
-    [..., 2] float (x = column, y = row); integer values are pixel centres.
-  """
-  uv = np.asarray(uv, np.float64)
-  return np.stack([(uv[..., 0] + 1.0) * width / 2.0 - 0.5, (1.0 - uv[..., 1]) * height / 2.0 - 0.5], axis=-1)
 
 
 def draw_keypoints(image, uv, radius=None):
@@ -36,7 +26,8 @@ def draw_keypoints(image, uv, radius=None):
   height, width = image.shape[:2]
   radius = radius or max(1.5, 0.03 * max(height, width))
   rows, cols = np.mgrid[0:height, 0:width]
-  for color, (x, y) in zip(keypoint_colors(len(uv)), pixel_from_ndc(uv, height, width)):
+  pixels = geometry.pixel_from_ndc(np.asarray(uv, np.float64), height, width).numpy()
+  for color, (x, y) in zip(keypoint_colors(len(uv)), pixels):
     distance = np.hypot(cols - x, rows - y)
     image[distance <= radius + 1.0] = 0.0
     image[distance <= radius] = color

@@ -41,7 +41,7 @@ def test_draw_keypoints_colours_the_pixel_of_each_keypoint():
   colors = visualization.keypoint_colors(2)
   np.testing.assert_allclose(picture[3, 12], colors[0], atol=1e-6)
   np.testing.assert_allclose(picture[10, 2], colors[1], atol=1e-6)
-  np.testing.assert_allclose(visualization.pixel_from_ndc(uv, 16, 16), [[12, 3], [2, 10]], atol=1e-9)
+  np.testing.assert_allclose(geometry.pixel_from_ndc(uv, 16, 16).numpy(), [[12, 3], [2, 10]], atol=1e-6)
   sheet = visualization.contact_sheet(np.zeros((5, 4, 6, 3)), columns=2)
   assert sheet.shape == (12, 12, 3)
 
