@@ -10,6 +10,7 @@ objects (object units; the longest side of an object is 2).
 
 import collections
 import dataclasses
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -117,6 +118,31 @@ def evaluate_run(model_dir, split="test", noise_stddev=0.0, max_pairs=None, data
                                         repeat=False, deterministic=True, drop_remainder=False)
   predict = tf.function(lambda images: net(images, training=False), reduce_retracing=True)
   return evaluate(predict, dataset, noise_stddev=noise_stddev, max_pairs=max_pairs), config.category
+
+
+def is_saved_model(path):
+  return tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
+
+
+def evaluate_saved_model(path, source, split="test", noise_stddev=0.0, max_pairs=None, batch_size=32):
+  """Evaluates an exported SavedModel (tools/export.py) through its predict_images signature.
+
+  Args:
+    path: SavedModel directory.
+    source: data directory for input_pipeline.make_dataset (built TFDS version dir or released TFRecords).
+  Returns:
+    row from evaluate().
+  """
+  from keypointnet_tf import input_pipeline  # pylint: disable=g-import-not-at-top
+  signature = tf.saved_model.load(path).signatures["predict_images"]
+  dataset = input_pipeline.make_dataset(source, split, batch_size, shuffle=False, repeat=False,
+                                        deterministic=True, drop_remainder=False)
+
+  def predict(images):
+    out = signature(images=images)
+    return {"uvz": tf.concat([out["uv"], out["z"][..., tf.newaxis]], axis=-1)}
+
+  return evaluate(predict, dataset, noise_stddev=noise_stddev, max_pairs=max_pairs)
 
 
 # The paper's Table 1 (ShapeNet; mean / median angular error in degrees, 3D-SE), for reference beside ours.

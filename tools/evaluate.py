@@ -5,7 +5,9 @@ Examples:
   python tools/evaluate.py --model_dirs=runs/planes,runs/planes_supervised --names=KeypointNet,supervised \
       --output=results/planes
 Each run is evaluated on its own category and data (or --released_dir / --data_dir) with the predicted
-orientation flag and no noise (--noise=0.1 reproduces the released code's metric).
+orientation flag and no noise (--noise=0.1 reproduces the released code's metric). An exported SavedModel
+directory works too (with --category, and --dataset_config for non-default data):
+  python tools/evaluate.py --model_dirs=runs/planes/serving/1 --category=planes --dataset_config=planes_small
 """
 
 import json
@@ -17,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from keypointnet_tf import config as config_lib
 from keypointnet_tf import evaluation
 from keypointnet_tf import training
 
@@ -28,6 +31,9 @@ _MAX_PAIRS = flags.DEFINE_integer("max_pairs", None, "Evaluate at most this many
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: the run's).")
 _RELEASED = flags.DEFINE_string("released_dir", None, "Evaluate on the paper's released TFRecords instead.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write <output>.md and <output>.json.")
+_CATEGORY = flags.DEFINE_enum("category", None, ["cars", "planes", "chairs"],
+                              "Category of SavedModel entries (runs know their own).")
+_DATASET_CONFIG = flags.DEFINE_string("dataset_config", None, "shapenet_pairs config for SavedModel entries.")
 
 
 def main(argv):
@@ -39,9 +45,20 @@ def main(argv):
   results, raw = [], {}
   for name, model_dir in zip(names, _DIRS.value):
     try:
-      row, category = evaluation.evaluate_run(model_dir, _SPLIT.value, noise_stddev=_NOISE.value,
-                                              max_pairs=_MAX_PAIRS.value, data_dir=_DATA_DIR.value,
-                                              released_dir=_RELEASED.value)
+      if evaluation.is_saved_model(model_dir):
+        if not _CATEGORY.value:
+          raise ValueError("a SavedModel does not record its category: pass --category (and --dataset_config "
+                           "or --released_dir for other data than the category's full set)")
+        config = training.resolve(config_lib.TrainConfig(
+            category=_CATEGORY.value, data_dir=_DATA_DIR.value or "", released_dir=_RELEASED.value or "",
+            dataset_config=_DATASET_CONFIG.value or ""))
+        category = config.category
+        row = evaluation.evaluate_saved_model(model_dir, training.dataset_source(config, build_if_missing=False),
+                                              _SPLIT.value, noise_stddev=_NOISE.value, max_pairs=_MAX_PAIRS.value)
+      else:
+        row, category = evaluation.evaluate_run(model_dir, _SPLIT.value, noise_stddev=_NOISE.value,
+                                                max_pairs=_MAX_PAIRS.value, data_dir=_DATA_DIR.value,
+                                                released_dir=_RELEASED.value)
     except (FileNotFoundError, ValueError, training.TrainingError) as e:
       print(f"error: {model_dir}: {e}", file=sys.stderr)
       return 2
