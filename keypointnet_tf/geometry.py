@@ -44,9 +44,8 @@ def focal_from_fov(fov_degrees):
 
 def _check_last_dim(name, tensor, size):
   tensor = tf.convert_to_tensor(tensor)
-  if tensor.shape.rank is not None and tensor.shape.rank < 1:
-    raise ValueError(f"`{name}` must have shape [..., {size}]. Received: shape={tensor.shape}")
-  if tensor.shape.rank is not None and tensor.shape[-1] is not None and tensor.shape[-1] != size:
+  rank = tensor.shape.rank
+  if rank is not None and (rank < 1 or tensor.shape[-1] not in (None, size)):
     raise ValueError(f"`{name}` must have shape [..., {size}]. Received: shape={tensor.shape}")
   return tensor
 

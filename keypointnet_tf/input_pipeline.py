@@ -19,6 +19,7 @@ Element (before batching; batching adds a leading B):
 """
 
 import csv
+import itertools
 import os
 
 import numpy as np
@@ -121,19 +122,12 @@ def _released_shard_dataset(shard, jobs, focal):
   records = tf.data.TFRecordDataset(shard)
   if name in jobs:
     ids = tf.constant([model_id for model_id, _ in jobs[name]])
-    ends = tf.constant(list(_cumulative(num for _, num in jobs[name])), tf.int64)
+    ends = tf.constant(list(itertools.accumulate(num for _, num in jobs[name])), tf.int64)
     records = records.enumerate().map(
         lambda i, r: (r, ids[tf.minimum(tf.searchsorted(ends, [i], side="right")[0], len(jobs[name]) - 1)]))
   else:
     records = records.map(lambda r: (r, tf.constant(name)))
   return records.map(lambda r, model_id: {"record": r, "model_id": model_id, "focal": tf.constant(focal)})
-
-
-def _cumulative(values):
-  total = 0
-  for value in values:
-    total += value
-    yield total
 
 
 def _parse_released(element):
