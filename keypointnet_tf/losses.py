@@ -131,7 +131,27 @@ def orientation_loss(orientation, mv, focal):
   return tf.reduce_mean(tf.square(orientation - target))
 
 
-def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), generator=None):
+def anchor_loss(uv, mv, focal):
+  """Warm-up anchor (not in the paper): keypoints 0 and 1 pulled to the orientation targets (one view).
+
+  The orientation network's targets, the projections of the object's +x and -x axis ends, come from the known
+  pose like every other training signal; the anchor asks keypoints 0 and 1 to land there too. With two keypoints
+  tied to object points from the start, the relative-pose and consistency losses have a frame to build on and
+  the other keypoints spread over the object within a CPU budget, where the paper's losses alone keep every
+  keypoint in a cluster at the object's centre for thousands of steps (README "CPU preset"). The CPU preset
+  decays its weight to 0 halfway through training, so the second half is trained by the paper's losses only.
+
+  Args:
+    uv: [B, K, 2] float, K >= 2. Predicted keypoints (NDC).
+    mv: [B, 4, 4] float. Object-to-camera matrix.
+    focal: float, [] or [B]. NDC focal length.
+  Returns:
+    [] float. Mean over the B x 2 x 2 elements of the squared error (as `orientation_loss`).
+  """
+  return orientation_loss(uv[:, :2], mv, focal)
+
+
+def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), generator=None, anchor_scale=1.0):
   """All six terms, summed over both views where per-view, and their weighted total.
 
   Args:
@@ -141,9 +161,11 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
       "mv1", "mvi1" ([B, 4, 4]) and "focal" ([B] or []).
     loss_config: config.LossConfig. Weights, separation delta and pose noise.
     generator: tf.random.Generator, needed when loss_config.pose_noise_stddev > 0.
+    anchor_scale: float or [] tensor. Factor on the anchor weight (its decay schedule).
   Returns:
     dict of [] float32: "total", the six weighted terms' raw values "pose", "consistency", "separation",
-    "silhouette", "orientation", "variance", plus "chordal" (logged only).
+    "silhouette", "orientation", "variance", plus "chordal" (logged only) and, when the anchor weight is not
+    0, "anchor".
   """
   focal = batch["focal"]
   views = ((outputs0, batch["image0"], batch["mv0"]), (outputs1, batch["image1"], batch["mv1"]))
@@ -159,9 +181,13 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
       "orientation": tf.add_n([orientation_loss(out["orientation"], mv, focal) for out, _, mv in views]),
       "variance": tf.add_n([variance_loss(out["prob"], out["uv"]) for out, _, _ in views]),
   }
-  terms = {name: tf.cast(value, tf.float32) for name, value in terms.items()}
   weights = loss_config.weights
-  terms["total"] = tf.add_n([getattr(weights, name) * value for name, value in terms.items()])
+  if weights.anchor:
+    terms["anchor"] = tf.add_n([anchor_loss(out["uv"], mv, focal) for out, _, mv in views])
+  terms = {name: tf.cast(value, tf.float32) for name, value in terms.items()}
+  scales = {"anchor": tf.cast(anchor_scale, tf.float32)}
+  terms["total"] = tf.add_n([getattr(weights, name) * scales.get(name, 1.0) * value
+                             for name, value in terms.items()])
   terms["chordal"] = tf.cast(pose["chordal"], tf.float32)
   return terms
 

@@ -207,3 +207,17 @@ def build_model(model_config, image_size=None):
   if image_size is not None:
     model(tf.zeros([1, image_size, image_size, 4]))
   return model
+
+
+def forward_flops(image_size, num_filters, num_keypoints):
+  """Analytic FLOPs of one image's forward pass through KeypointNet (both networks).
+
+  Counts 2 * H * W * 9 * C_in * C_out for every 3x3 convolution at full resolution: the keypoint backbone (RGB +
+  flag in), its uv and depth heads, the orientation backbone (RGB in, half width) and its head. Batch norm,
+  activations and the spatial softmax are left out (under 1% at the paper's sizes).
+  """
+  layers = len(DILATION_RATES)
+  half = num_filters // 2
+  channels = ([(4, num_filters)] + [(num_filters, num_filters)] * (layers - 1) + [(num_filters, 2 * num_keypoints)] +
+              [(3, half)] + [(half, half)] * (layers - 1) + [(half, 2)])
+  return sum(2 * image_size * image_size * 9 * c_in * c_out for c_in, c_out in channels)

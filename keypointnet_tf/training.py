@@ -49,6 +49,11 @@ def flag_mix(step, anneal_start, anneal_end):
   return tf.clip_by_value((float(anneal_end) - step) / span, 0.0, 1.0)
 
 
+def anchor_scale(step, anchor_steps):
+  """Factor on the anchor loss weight at `step`: 1 at step 0, falling linearly to 0 at `anchor_steps`."""
+  return tf.clip_by_value(1.0 - tf.cast(step, tf.float32) / float(max(anchor_steps, 1)), 0.0, 1.0)
+
+
 def resolve(config):
   """Fills in derived defaults (model_dir, dataset_config) and validates the config."""
   if config.category not in ("cars", "planes", "chairs"):
@@ -58,6 +63,14 @@ def resolve(config):
       raise ValueError(f"{name} must be positive. Received: {name}={getattr(config, name)}")
   if not config.learning_rate > 0:
     raise ValueError(f"learning_rate must be positive. Received: learning_rate={config.learning_rate}")
+  if config.loss.weights.anchor and not config.supervised:
+    if config.anchor_steps < 1:
+      raise ValueError("The anchor loss (anchor weight > 0) needs anchor_steps >= 1, the step where its weight "
+                       f"has decayed to 0. Received: anchor_steps={config.anchor_steps}")
+    if config.model.num_keypoints < 2:
+      raise ValueError("The anchor loss ties keypoints 0 and 1 to the orientation targets, so it needs "
+                       f"num_keypoints >= 2. Received: num_keypoints={config.model.num_keypoints}; set the "
+                       "anchor weight to 0 instead.")
   return dataclasses.replace(
       config,
       model_dir=config.model_dir or os.path.join("runs", config.category),
@@ -93,7 +106,7 @@ def _write_or_check_config(config):
   has_checkpoint = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")) is not None
   if has_checkpoint and tf.io.gfile.exists(path):  # a run that never saved can be restarted with any settings
     with tf.io.gfile.GFile(path) as f:
-      saved = json.load(f)
+      saved = config_to_dict(config_from_dict(json.load(f)))  # fields added since then get their defaults
     conflicts = {key: (saved.get(key), value) for key, value in current.items()
                  if key not in _RESUMABLE_FIELDS and saved.get(key) != json.loads(json.dumps(value))}
     if conflicts:
@@ -125,7 +138,7 @@ def supervised_loss(outputs, targets, mask):
   return tf.reduce_sum(error * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
-def compute_losses(net, batch, config, generator, mix, training=True):
+def compute_losses(net, batch, config, generator, mix, training=True, step=0):
   """Runs both views and returns the loss dict (see losses.total_loss; supervised adds "supervised").
 
   Args:
@@ -135,6 +148,7 @@ def compute_losses(net, batch, config, generator, mix, training=True):
     generator: tf.random.Generator for the pose noise.
     mix: [] float32 orientation flag mix (1: ground truth, 0: predicted).
     training: batch-norm mode.
+    step: int or [] tensor, the global step (for the anchor loss's decay).
   """
   flag_weight = tf.ones([]) if config.supervised else mix
   outputs = [net(batch["image" + v], batch["orientation_flag" + v], flag_weight, training=training)
@@ -149,7 +163,8 @@ def compute_losses(net, batch, config, generator, mix, training=True):
                                      for out, v in zip(outputs, ("0", "1"))])
     terms["total"] = terms["supervised"] + config.loss.weights.orientation * terms["orientation"]
   else:
-    terms = losses.total_loss(outputs[0], outputs[1], batch, config.loss, generator)
+    terms = losses.total_loss(outputs[0], outputs[1], batch, config.loss, generator,
+                              anchor_scale=anchor_scale(step, config.anchor_steps))
   # Logged only: the noise-free angular error of this batch, in degrees, and orientation-flag accuracy.
   estimate = geometry.estimate_rotation(xyz[0], xyz[1])
   terms["angular_error_deg"] = losses.angle_degrees(tf.reduce_mean(
@@ -191,7 +206,7 @@ def build_train_step(net, optimizer, strategy, config, generator, step_var, non_
   def replica_step(batch):
     mix = flag_mix(step_var, config.anneal_start, config.anneal_end)
     with tf.GradientTape() as tape:
-      terms, _ = compute_losses(net, batch, config, generator, mix)
+      terms, _ = compute_losses(net, batch, config, generator, mix, step=step_var)
       scaled = terms["total"] / num_replicas
     grads = tape.gradient(scaled, variables)
     context = tf.distribute.get_replica_context()

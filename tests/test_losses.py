@@ -224,3 +224,17 @@ def test_total_loss_weights_and_keys():
       losses.orientation_loss(out1["orientation"], batch["mv1"], FOCAL).numpy(), rtol=1e-6)
   assert (w.pose, w.consistency, w.separation, w.silhouette, w.orientation, w.variance) == (
       0.2, 1.0, 1.0, 1.0, 1.0, 0.5)
+
+  # The CPU preset's anchor (not in the paper): off by default; when on, keypoints 0 and 1 are compared with the
+  # hand-projected +x / -x axis ends, and its weight is scaled by the decay factor.
+  anchored = config.LossConfig(pose_noise_stddev=0.0, weights=config.LossWeights(anchor=2.0))
+  ends = np.array([[1.0, 0, 0], [-1.0, 0, 0]])
+  expected_anchor = 0.0
+  for out, mv in ((out0, mv0), (out1, mv1)):
+    reference = _views_of(np.broadcast_to(ends, (2, 2, 3)), mv)[..., :2]  # [B, 2, 2]
+    expected_anchor += np.mean((out["uv"].numpy()[:, :2] - reference) ** 2)
+  for scale in (1.0, 0.25, 0.0):
+    with_anchor = losses.total_loss(out0, out1, batch, anchored, anchor_scale=scale)
+    np.testing.assert_allclose(with_anchor["anchor"].numpy(), expected_anchor, rtol=1e-5)
+    np.testing.assert_allclose(with_anchor["total"].numpy(), terms["total"].numpy() + 2.0 * scale * expected_anchor,
+                               rtol=1e-5)

@@ -145,3 +145,17 @@ def test_bad_constructor_arguments(kwargs, message):
 def test_build_model_from_config():
   net = model_lib.build_model(config.ModelConfig(num_keypoints=3, num_filters=4), image_size=32)
   assert net.built and net.num_keypoints == 3
+
+
+@pytest.mark.parametrize("size,filters,num_kp", [(32, 16, 10), (48, 32, 5)])
+def test_forward_flops_match_tensorflow_profiler(size, filters, num_kp):
+  """The analytic count used by bench/train_step.py against TensorFlow's own graph profiler."""
+  net = model_lib.build_model(config.ModelConfig(num_keypoints=num_kp, num_filters=filters), image_size=size)
+  fn = tf.function(lambda x: net(x, training=False))
+  graph = fn.get_concrete_function(tf.TensorSpec([1, size, size, 4], tf.float32)).graph
+  options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  options["output"] = "none"
+  profiled = tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+  analytic = model_lib.forward_flops(size, filters, num_kp)
+  # The profiler also counts biases, batch norm and the softmax expectations: a little above the convolutions.
+  assert analytic <= profiled <= 1.02 * analytic

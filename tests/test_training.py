@@ -240,3 +240,15 @@ def test_mixed_precision_and_xla_options_train(tiny_planes, tmp_path):
                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert "'status': 'done'" in proc.stdout and "'step': 2" in proc.stdout
+
+
+def test_anchor_schedule_and_validation():
+  assert [float(training.anchor_scale(s, 1000)) for s in (0, 250, 500, 1000, 5000)] == [1.0, 0.75, 0.5, 0.0, 0.0]
+  anchored = dataclasses.replace(config_lib.cpu_preset("planes"), anchor_steps=0)
+  with pytest.raises(ValueError, match="anchor_steps"):
+    training.resolve(anchored)
+  one_keypoint = dataclasses.replace(config_lib.cpu_preset("planes"),
+                                     model=config_lib.ModelConfig(num_keypoints=1))
+  with pytest.raises(ValueError, match="num_keypoints >= 2"):
+    training.resolve(one_keypoint)
+  assert config_lib.TrainConfig().loss.weights.anchor == 0.0  # the paper's recipe has no anchor

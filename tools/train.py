@@ -32,13 +32,15 @@ _INT_FLAGS = {name: flags.DEFINE_integer(name, None, help_text) for name, help_t
     ("image_size", "Image side fed to the network."), ("anneal_start", "Orientation-flag anneal start step."),
     ("anneal_end", "Orientation-flag anneal end step."), ("seed", "Random seed."),
     ("warmup_steps", "Learning-rate warm-up steps."), ("log_every", "Steps between logs."),
-    ("checkpoint_every", "Steps between checkpoints.")]}
+    ("checkpoint_every", "Steps between checkpoints."),
+    ("anchor_steps", "Step at which the anchor loss weight has decayed to 0 (CPU preset: half the steps).")]}
 _FLOAT_FLAGS = {name: flags.DEFINE_float(name, None, help_text) for name, help_text in [
     ("learning_rate", "Adam learning rate."), ("noise", "Pose-loss noise stddev (object units)."),
     ("separation_delta", "Separation threshold on squared distance."),
     ("pose_weight", "Weight of the pose loss."), ("consistency_weight", "Weight of the consistency loss."),
     ("separation_weight", "Weight of the separation loss."), ("silhouette_weight", "Weight of the silhouette loss."),
-    ("orientation_weight", "Weight of the orientation loss."), ("variance_weight", "Weight of the variance loss.")]}
+    ("orientation_weight", "Weight of the orientation loss."), ("variance_weight", "Weight of the variance loss."),
+    ("anchor_weight", "Initial weight of the warm-up anchor loss (not in the paper; CPU preset 1, paper 0).")]}
 _STR_FLAGS = {name: flags.DEFINE_string(name, None, help_text) for name, help_text in [
     ("data_dir", "TFDS data directory (default ~/tensorflow_datasets)."),
     ("dataset_config", "shapenet_pairs config (default: the preset's)."),

@@ -1,0 +1,141 @@
+"""Train-step throughput of the CPU preset and the paper's full-size model, XLA off and on, as a fraction of
+the machine's matrix-multiply speed measured in the same run.
+
+Example (both models, XLA off and on; ~3 minutes on 2 CPU cores):
+  python bench/train_step.py
+  python bench/train_step.py --models=cpu --xla=false --steps=20
+
+Each row times the real train step (`training.build_train_step`: both views, all six losses, the SVD, gradient
+all-reduce, clipping and the Adam update) on one constant batch, so the input pipeline is not part of it
+(`bench/input_pipeline.py` measures that). FLOPs are counted analytically, as multiply-adds x 2 of every 3x3
+convolution (the two backbones, the uv, depth and orientation heads), forward pass =
+sum_layers 2 * H * W * 9 * C_in * C_out per image; a training step counts 3 forward passes per image (the
+backward pass computes gradients for the inputs and the weights, each about one forward pass), over 2 views x
+batch images. Batch norm, activations, the spatial softmax, the losses and the SVD are left out (under 2% of
+the convolutions at these sizes). The forward count is cross-checked against TensorFlow's own profiler
+(`tf.compat.v1.profiler`, float_operation) on the traced forward graph. The reference is a float32 2048 x 2048
+matmul timed in the same process: "fraction" = achieved FLOP/s / matmul FLOP/s.
+"""
+
+import dataclasses
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keypointnet_tf import config as config_lib
+from keypointnet_tf import geometry
+from keypointnet_tf import model as model_lib
+from keypointnet_tf import training
+
+_MODELS = flags.DEFINE_list("models", ["cpu", "paper"], "Which configurations: cpu (the CPU preset), paper.")
+_XLA = flags.DEFINE_list("xla", ["false", "true"], "XLA settings to time (false, true).")
+_STEPS = flags.DEFINE_integer("steps", 0, "Timed steps per row (0: 20 for the CPU preset, 3 for paper).")
+_MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the reference float32 matmul.")
+
+
+def synthetic_batch(batch, size, num_keypoints=10, seed=0):
+  """A batch in the input pipeline's format with random images and upper-hemisphere cameras (NumPy)."""
+  rng = np.random.default_rng(seed)
+  mv = []
+  for _ in range(2 * batch):
+    d = rng.normal(size=3)
+    d[1] = abs(d[1])
+    mv.append(geometry.look_at_model_view(30 * d / np.linalg.norm(d)))
+  mv = np.stack(mv).astype(np.float32).reshape(2, batch, 4, 4)
+  images = rng.uniform(size=(2, batch, size, size, 4)).astype(np.float32)
+  mvi = np.linalg.inv(mv).astype(np.float32)
+  return {"image0": images[0], "image1": images[1], "mv0": mv[0], "mv1": mv[1], "mvi0": mvi[0], "mvi1": mvi[1],
+          "focal": np.full([batch], geometry.focal_from_fov(5.0), np.float32),
+          "orientation_flag0": (mv[0][:, 0, 0] > 0).astype(np.float32),
+          "orientation_flag1": (mv[1][:, 0, 0] > 0).astype(np.float32),
+          "relative_rotation": geometry.relative_rotation(mv[0], mv[1]).numpy().astype(np.float32),
+          "keypoints": rng.normal(size=(batch, num_keypoints, 3)).astype(np.float32),
+          "keypoint_valid": np.ones((batch, num_keypoints), bool)}
+
+
+def profiler_forward_flops(net, image_size):
+  """TensorFlow's own count of the forward graph's FLOPs for one image (cross-check of `forward_flops`)."""
+  fn = tf.function(lambda x: net(x, training=False))
+  graph = fn.get_concrete_function(tf.TensorSpec([1, image_size, image_size, 4], tf.float32)).graph
+  options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  options["output"] = "none"
+  return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+
+
+def matmul_flops_per_second(size, repeats=10):
+  a = tf.random.normal([size, size])
+  b = tf.random.normal([size, size])
+  matmul = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+  matmul(a, b).numpy()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, b).numpy()
+    times.append(time.perf_counter() - start)
+  return 2 * size ** 3 / statistics.median(times)
+
+
+def time_train_step(config, steps):
+  """Median seconds of the real train step (one device) on a constant batch, after one warm-up step."""
+  keras.utils.set_random_seed(0)
+  strategy = tf.distribute.get_strategy()
+  net = model_lib.build_model(config.model, image_size=config.image_size)
+  optimizer = keras.optimizers.Adam(config.learning_rate)
+  optimizer.build(net.trainable_variables)
+  step_var = tf.Variable(0, dtype=tf.int64)
+  non_finite = tf.Variable(0, dtype=tf.int64)
+  step_fn = training.build_train_step(net, optimizer, strategy, config, tf.random.Generator.from_seed(0),
+                                      step_var, non_finite)
+  batch = {k: tf.constant(v) for k, v in
+           synthetic_batch(config.batch_size, config.image_size, config.model.num_keypoints).items()}
+  step_fn(batch)["total"].numpy()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    step_fn(batch)["total"].numpy()
+    times.append(time.perf_counter() - start)
+  if int(non_finite.numpy()):
+    raise RuntimeError("The benchmark step produced a non-finite loss.")
+  return statistics.median(times), net
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.ERROR)  # the v1 profiler's deprecation warnings
+  presets = {"cpu": config_lib.cpu_preset("planes"), "paper": config_lib.TrainConfig()}
+  unknown = set(_MODELS.value) - set(presets)
+  if unknown:
+    raise app.UsageError(f"--models takes cpu and/or paper. Received: {sorted(unknown)}")
+  reference = matmul_flops_per_second(_MATMUL.value)
+  rows = []
+  for name in _MODELS.value:
+    for xla in _XLA.value:
+      config = dataclasses.replace(presets[name], jit_compile=xla.lower() == "true")
+      steps = _STEPS.value or (20 if name == "cpu" else 3)
+      seconds, net = time_train_step(config, steps)
+      flops = model_lib.forward_flops(config.image_size, config.model.num_filters, config.model.num_keypoints)
+      profiled = profiler_forward_flops(net, config.image_size)
+      step_flops = 3 * flops * 2 * config.batch_size
+      rows.append((name, config, xla, seconds, flops, profiled, step_flops / seconds))
+  print(f"Reference: float32 {_MATMUL.value}x{_MATMUL.value} matmul, {reference / 1e9:.1f} GFLOP/s "
+        f"({os.cpu_count()} CPUs)")
+  print("| model | image | filters | pairs | XLA | s/step | pairs/s | fwd GFLOP/image (analytic / TF profiler) "
+        "| achieved GFLOP/s | fraction of matmul |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for name, config, xla, seconds, flops, profiled, rate in rows:
+    print(f"| {name} | {config.image_size} | {config.model.num_filters} | {config.batch_size} | {xla} | "
+          f"{seconds:.3f} | {config.batch_size / seconds:.1f} | {flops / 1e9:.3f} / {profiled / 1e9:.3f} | "
+          f"{rate / 1e9:.1f} | {rate / reference:.2f} |")
+
+
+if __name__ == "__main__":
+  app.run(main)
