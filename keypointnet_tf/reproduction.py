@@ -70,27 +70,33 @@ def _train_and_evaluate(config, max_pairs):
   if result["status"] != "done":
     raise training.TrainingError(f"{config.model_dir}: training stopped ({result['status']}); run the same "
                                  "command again to resume.")
-  seconds = time.time() - start
+  # A run that had already finished trains nothing now: its training time is the one stored earlier.
+  seconds = round(time.time() - start, 1) if "pairs_per_second" in result else None
   row, _ = evaluation.evaluate_run(config.model_dir, "test", max_pairs=max_pairs)
   row.pop("errors")
-  return {"model_dir": config.model_dir, "steps": config.steps, "train_seconds": round(seconds, 1),
+  return {"model_dir": config.model_dir, "steps": config.steps, "train_seconds": seconds,
           "config": training.config_to_dict(config), **row}
 
 
-def _pictures(runs, config, path, num_examples=8):
-  """One row of test-view pictures per run (same views), keypoints drawn in fixed colours."""
+def _pictures(runs, config, path, num_examples=8, display_size=128):
+  """Two rows of test views per run (the same views; view 0 above view 1), keypoints in fixed colours.
+
+  The networks see the views at the run's image size; the keypoints (NDC, resolution-free) are drawn on the
+  views resized to `display_size` so that they can be told apart.
+  """
   source = training.dataset_source(config)
-  dataset = input_pipeline.make_dataset(source, "test", num_examples, image_size=config.image_size,
-                                        shuffle=False, repeat=False, deterministic=True, drop_remainder=False)
+  dataset = input_pipeline.make_dataset(source, "test", num_examples, shuffle=False, repeat=False,
+                                        deterministic=True, drop_remainder=False)
   batch = next(iter(dataset))
-  num_examples = int(batch["image0"].shape[0])
-  images = np.concatenate([batch["image0"].numpy(), batch["image1"].numpy()])
+  views = np.concatenate([batch["image0"].numpy(), batch["image1"].numpy()])
+  inputs = tf.image.resize(views, [config.image_size] * 2, method="area", antialias=True)
+  display = tf.image.resize(views, [display_size] * 2).numpy()
   rows = []
   for model_dir in runs:
     net, _ = training.load_trained_model(model_dir)
-    pictures, _ = prediction.predict_pictures(lambda x, net=net: net(x, training=False), images)
-    rows.append(pictures)
-  sheet = visualization.contact_sheet(np.concatenate(rows), columns=2 * num_examples)
+    uv = net(inputs, training=False)["uv"].numpy()
+    rows.append(visualization.draw_keypoints_batch(display, uv))
+  sheet = visualization.contact_sheet(np.concatenate(rows), columns=len(views) // 2)
   prediction.save_picture(sheet, path)
 
 
@@ -116,10 +122,13 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
   for name in ablations:
     configs[f"ablation: {name}"] = dataclasses.replace(ABLATIONS[name](base_config),
                                                        model_dir=os.path.join(root, f"ablation_{name}"))
+  earlier = load_results(output_dir).get(category, {}).get("runs", {})
   results = {}
   for name, config in configs.items():
     log(f"[{category}] {name}: training {config.steps} steps in {config.model_dir}")
     results[name] = _train_and_evaluate(config, max_pairs)
+    if results[name]["train_seconds"] is None:
+      results[name]["train_seconds"] = earlier.get(name, {}).get("train_seconds")
     log(f"[{category}] {name}: mean {results[name]['mean']:.1f}, median {results[name]['median']:.1f} deg")
   os.makedirs(output_dir, exist_ok=True)
   picture = f"{category}_predictions.png"
@@ -147,9 +156,14 @@ def load_results(output_dir):
 
 def _budget(run):
   c = run["config"]
-  return (f"{c['steps']:,} steps x {c['batch_size']} pairs, {c['image_size']} px, "
-          f"{c['model']['num_filters']} filters, N = {c['model']['num_keypoints']}, "
-          f"{run['train_seconds'] / 60:.0f} min")
+  text = (f"{c['steps']:,} steps x {c['batch_size']} pairs, {c['image_size']} px, "
+          f"{c['model']['num_filters']} filters, N = {c['model']['num_keypoints']}"
+          + (f", {run['train_seconds'] / 60:.0f} min of training" if run["train_seconds"] is not None else ""))
+  anchor = c["loss"]["weights"].get("anchor", 0.0)
+  if anchor and not c["supervised"]:
+    text += (f"; with the CPU preset's warm-up anchor (not in the paper: weight {anchor:g} decaying to 0 at step "
+             f"{c['anchor_steps']:,}, see README)")
+  return text
 
 
 def write_report(output_dir, path, command):
@@ -173,9 +187,9 @@ def write_report(output_dir, path, command):
       "",
       "Our rows are measured on the **procedural** meshes of `shapenet_pairs` (not ShapeNet), with the training "
       "budget stated below (far smaller than the paper's 200,000 steps x 256 pairs). The paper's rows are its "
-      "Table 1 on ShapeNet. Protocol (`../shared/PAPER.md` section B as implemented in `keypointnet_tf/evaluation.py`): "
-      "test split, predicted orientation flag, no noise in the metric; mean and median angular error of the "
-      "relative rotation in degrees, 3D-SE in object units.",
+      "Table 1 on ShapeNet. Protocol (`keypointnet_tf/evaluation.py`): test split, predicted orientation flag, "
+      "no noise in the metric; mean and median angular error of the relative rotation in degrees, 3D-SE in "
+      "object units.",
       "",
       "Produced by:",
       "",
@@ -205,7 +219,8 @@ def write_report(output_dir, path, command):
       lines.append(f"| {category} | {name} | {ABLATION_DESCRIPTIONS[name]} | {run['mean']:.1f} | "
                    f"{run['median']:.1f} | {run['3d_se']:.3f} | {run['under_30']:.1%} |")
   lines += ["", "## Pictures", "",
-            "Test views; top rows KeypointNet, bottom rows the supervised baseline (one colour per keypoint index).",
+            "Eight test pairs (view 0 above view 1); the top two rows are KeypointNet, the bottom two the "
+            "supervised baseline. One colour per keypoint index.",
             ""]
   for category, entry in stored.items():
     lines.append(f"![{category}: KeypointNet (top) and supervised (bottom)]({relative}/{entry['picture']})")

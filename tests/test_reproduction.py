@@ -60,7 +60,7 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   with open(os.path.join(output, reproduction.RESULTS_FILE)) as f:
     assert json.load(f)["planes"]["runs"]["KeypointNet"]["mean"] == entry["runs"]["KeypointNet"]["mean"]
   with Image.open(os.path.join(output, entry["picture"])) as picture:
-    assert picture.size[0] >= 256  # 2 x 2 test views per row, upscaled for viewing
+    assert picture.size == (4 * 128, 4 * 128)  # 4 pairs: 2 rows (view 0, view 1) per run, 128 px views
 
   report = reproduction.write_report(output, str(tmp_path / "REPRODUCTION.md"), "python tools/reproduce.py ...")
   with open(report) as f:
@@ -76,6 +76,8 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   before = os.path.getmtime(checkpoint_file)
   again = reproduction.reproduce(_tiny_base(data_dir, name), output, runs, log=lambda _: None)
   assert again["runs"]["KeypointNet"]["mean"] == pytest.approx(ours["mean"])
+  assert again["runs"]["KeypointNet"]["train_seconds"] == ours["train_seconds"] > 0  # kept from the real run
+  assert "ablation: keypoints_3" in again["runs"]  # results of an earlier invocation are kept
   assert os.path.getmtime(checkpoint_file) == before
 
 
