@@ -33,11 +33,12 @@ def _num_keypoints(config, n):
   return dataclasses.replace(config, model=dataclasses.replace(config.model, num_keypoints=n))
 
 
-# The paper's ablations (section 5 of ../shared/PAPER.md): each maps the unsupervised config to a variant.
+# The paper's ablations, plus no_anchor (the CPU preset's addition): each maps the unsupervised config to a variant.
 ABLATIONS = {
     "no_consistency": lambda c: _weights(c, consistency=0.0),
     "no_pose": lambda c: _weights(c, pose=0.0),
     "no_silhouette": lambda c: _weights(c, silhouette=0.0, variance=0.0),
+    "no_anchor": lambda c: _weights(c, anchor=0.0),
     "more_noise": lambda c: dataclasses.replace(c, loss=dataclasses.replace(
         c.loss, pose_noise_stddev=2 * c.loss.pose_noise_stddev or 0.1)),
     **{f"keypoints_{n}": (lambda c, n=n: _num_keypoints(c, n)) for n in (3, 5, 8, 10, 15, 20)},
@@ -46,6 +47,7 @@ ABLATION_DESCRIPTIONS = {
     "no_consistency": "consistency weight 0",
     "no_pose": "pose weight 0",
     "no_silhouette": "silhouette and variance weights 0",
+    "no_anchor": "anchor weight 0 (the paper's losses only)",
     "more_noise": "twice the pose-loss noise",
     **{f"keypoints_{n}": f"N = {n} keypoints" for n in (3, 5, 8, 10, 15, 20)},
 }

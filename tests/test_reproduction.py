@@ -22,6 +22,7 @@ def test_ablations_change_only_what_they_name():
       "no_consistency": dataclasses.replace(w, consistency=0.0),
       "no_pose": dataclasses.replace(w, pose=0.0),
       "no_silhouette": dataclasses.replace(w, silhouette=0.0, variance=0.0),
+      "no_anchor": dataclasses.replace(w, anchor=0.0),
   }
   for name, weights in expected.items():
     variant = reproduction.ABLATIONS[name](base)

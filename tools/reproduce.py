@@ -10,7 +10,7 @@ with the same budget (runs in --runs_dir/<category>/), trains each ablation with
 everything on the test split, draws test-view pictures, and merges the numbers into --output_dir/results.json.
 The report (--report) is then rewritten from every category stored there, beside the paper's Table 1.
 Rerunning the same command resumes interrupted runs and only re-evaluates finished ones.
-Ablations: no_consistency, no_pose, no_silhouette, more_noise, keypoints_{3,5,8,10,15,20}.
+Ablations: no_consistency, no_pose, no_silhouette, no_anchor, more_noise, keypoints_{3,5,8,10,15,20}.
 """
 
 import dataclasses
