@@ -102,7 +102,7 @@ def _pictures(runs, config, path, num_examples=8, display_size=128):
   prediction.save_picture(sheet, path)
 
 
-def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, log=print):
+def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, log=print, command=""):
   """Runs one category: KeypointNet, the supervised baseline (same steps), ablations; stores the results.
 
   Args:
@@ -112,6 +112,7 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     ablations: names from ABLATIONS.
     max_pairs: evaluate at most this many test pairs (None: all).
     log: callable for progress messages.
+    command: str, the command line that runs this (stored with the category's results for the report).
   Returns:
     dict of this category's results (also merged into <output_dir>/results.json).
   """
@@ -139,7 +140,7 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
   stored = load_results(output_dir)
   # Runs stored earlier and not repeated now (e.g. ablations of a previous invocation) are kept.
   results = {**stored.get(category, {}).get("runs", {}), **results}
-  stored[category] = {"runs": results, "picture": picture, "date": time.strftime("%Y-%m-%d"),
+  stored[category] = {"runs": results, "picture": picture, "command": command, "date": time.strftime("%Y-%m-%d"),
                       "machine": f"{os.cpu_count()} CPUs, GPUs: {len(tf.config.list_physical_devices('GPU'))}"}
   path = os.path.join(output_dir, RESULTS_FILE)
   with open(path + ".tmp", "w") as f:
@@ -174,7 +175,7 @@ def write_report(output_dir, path, command):
   Args:
     output_dir: folder holding results.json and the pictures.
     path: the report file (e.g. REPRODUCTION.md); pictures are linked relative to it.
-    command: str, the command line that produced the results (shown in the report).
+    command: str, the command line of this invocation; each category also shows the one it was run with.
   """
   stored = load_results(output_dir)
   if not stored:
@@ -196,7 +197,7 @@ def write_report(output_dir, path, command):
       "Produced by:",
       "",
       "```bash",
-      command,
+      *dict.fromkeys([entry.get("command") or command for entry in stored.values()]),
       "```",
       "",
       evaluation.markdown_table(main_rows),

@@ -51,16 +51,16 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 2
   use_cpu = _PRESET.value == "cpu" or (_PRESET.value == "auto" and not tf.config.list_physical_devices("GPU"))
+  command = "python tools/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   for category in _CATEGORIES.value:
     config = config_lib.cpu_preset(category) if use_cpu else config_lib.TrainConfig(category=category)
     config = dataclasses.replace(config, data_dir=_DATA_DIR.value, steps=_STEPS.value or config.steps)
     try:
       reproduction.reproduce(config, _OUTPUT_DIR.value, _RUNS_DIR.value, _ABLATIONS.value, _MAX_PAIRS.value,
-                             log=lambda message: print(message, flush=True))
+                             log=lambda message: print(message, flush=True), command=command.strip())
     except (training.TrainingError, FileNotFoundError, ValueError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
-  command = "python tools/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   path = reproduction.write_report(_OUTPUT_DIR.value, _REPORT.value, command.strip())
   print(f"Wrote {path}.")
   return 0
