@@ -55,8 +55,8 @@ def synthetic_batch(batch, size, num_keypoints=10, seed=0):
   mvi = np.linalg.inv(mv).astype(np.float32)
   return {"image0": images[0], "image1": images[1], "mv0": mv[0], "mv1": mv[1], "mvi0": mvi[0], "mvi1": mvi[1],
           "focal": np.full([batch], geometry.focal_from_fov(5.0), np.float32),
-          "orientation_flag0": (mv[0][:, 0, 0] > 0).astype(np.float32),
-          "orientation_flag1": (mv[1][:, 0, 0] > 0).astype(np.float32),
+          "orientation_flag0": geometry.orientation_flag_from_mv(mv[0]).numpy().astype(np.float32),
+          "orientation_flag1": geometry.orientation_flag_from_mv(mv[1]).numpy().astype(np.float32),
           "relative_rotation": geometry.relative_rotation(mv[0], mv[1]).numpy().astype(np.float32),
           "keypoints": rng.normal(size=(batch, num_keypoints, 3)).astype(np.float32),
           "keypoint_valid": np.ones((batch, num_keypoints), bool)}
