@@ -1,15 +1,24 @@
-"""One CPU trial: the CPU preset with overrides, trained, then evaluated on the test split (how the preset was chosen).
+"""One CPU trial: the CPU preset with overrides, trained, then evaluated on the test split (the research protocol).
 
-Examples (the trials in the README's "CPU preset" table):
-  python bench/cpu_trial.py --name=paper_losses --overrides='{"steps": 1500, "loss": {"weights": {"anchor": 0.0}}}'
-  python bench/cpu_trial.py --name=anchor_4k --overrides='{"steps": 4000, "anchor_steps": 2000, "anneal_start": 1500, "anneal_end": 3000}'
+The protocol (fixed for every trial in `reproduction/trials.md`): planes_small, the test split's 320 pairs, the
+predicted orientation flag, no pose noise; mean / median angular error, 3D-SE, DAS and the share of keypoints near a
+ground-truth part. Examples:
+  python bench/cpu_trial.py --name=paper_losses --overrides='{"loss": {"weights": {"anchor": 0.0}}}'
+  python bench/cpu_trial.py --name=long --overrides='{"steps": 50000, "loss": {"weights": {"anchor": 0.0}}}' \
+      --eval_at=5000,8000,10000,15000,20000,25000,30000,35000,40000,45000,50000
 --overrides is JSON merged field by field into config.cpu_preset(--category) (nested for "model" and "loss").
-Prints the last logged training metrics and one result row: mean / median angular error (degrees), 3D-SE.
+--eval_at trains to each step in turn (the run resumes between them), evaluates there and keeps a copy of that
+checkpoint in <run>/milestones/; the final step (config steps) is always evaluated. Every evaluation is appended as
+one JSON line to --results (with the trial's name, step, overrides, training seconds and the command), and printed.
 """
 
 import dataclasses
+import glob
 import json
 import os
+import shutil
+import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,7 +34,9 @@ _RUNS = flags.DEFINE_string("runs_dir", "/tmp/cpu_trials", "Where trial runs go.
 _CATEGORY = flags.DEFINE_enum("category", "planes", ["cars", "planes", "chairs"], "Category.")
 _OVERRIDES = flags.DEFINE_string("overrides", "{}", "JSON merged into the CPU preset.")
 _DATA = flags.DEFINE_string("data_dir", "", "TFDS data dir.")
-_EVAL_PAIRS = flags.DEFINE_integer("eval_pairs", 160, "Test pairs to evaluate.")
+_EVAL_PAIRS = flags.DEFINE_integer("eval_pairs", None, "Test pairs to evaluate (default: the whole split).")
+_EVAL_AT = flags.DEFINE_list("eval_at", [], "Steps at which to evaluate besides the last one.")
+_RESULTS = flags.DEFINE_string("results", "", "JSON-lines file each evaluation is appended to.")
 
 
 def merge(obj, overrides):
@@ -41,15 +52,42 @@ def merge(obj, overrides):
   return dataclasses.replace(obj, **values)
 
 
+def _keep_milestone(model_dir, step):
+  """Copies the checkpoint of `step` to <model_dir>/milestones/ (the manager keeps only the last few)."""
+  target = os.path.join(model_dir, "milestones")
+  os.makedirs(target, exist_ok=True)
+  for path in glob.glob(os.path.join(model_dir, "checkpoints", f"ckpt-{step}.*")):
+    shutil.copy2(path, target)
+
+
+def _rounded(values):
+  return {k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}
+
+
 def main(argv):
   del argv
-  config = merge(config_lib.cpu_preset(_CATEGORY.value), json.loads(_OVERRIDES.value))
+  overrides = json.loads(_OVERRIDES.value)
+  config = merge(config_lib.cpu_preset(_CATEGORY.value), overrides)
   config = dataclasses.replace(config, model_dir=os.path.join(_RUNS.value, _NAME.value), data_dir=_DATA.value)
-  result = training.train(config)
-  row, _ = evaluation.evaluate_run(config.model_dir, "test", max_pairs=_EVAL_PAIRS.value)
-  row.pop("errors")
-  print("TRAIN", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
-  print("EVAL", _NAME.value, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+  milestones = sorted({int(s) for s in _EVAL_AT.value if int(s) < config.steps} | {config.steps})
+  for step in milestones:
+    started = time.time()
+    result = training.train(dataclasses.replace(config, steps=step))
+    if result["status"] != "done":
+      print("TRAIN", json.dumps(_rounded(result)))
+      sys.exit(f"Trial {_NAME.value} stopped at step {result['step']} ({result['status']}).")
+    train_seconds = round(time.time() - started, 1)
+    _keep_milestone(config.model_dir, step)
+    row, _ = evaluation.evaluate_run(config.model_dir, "test", max_pairs=_EVAL_PAIRS.value)
+    row.pop("errors")
+    record = {"name": _NAME.value, "category": config.category, "step": step, "overrides": overrides,
+              "train_seconds_this_leg": train_seconds, **_rounded(row),
+              "command": " ".join(sys.argv)}
+    print("TRAIN", json.dumps(_rounded(result)), flush=True)
+    print("EVAL", json.dumps(record), flush=True)
+    if _RESULTS.value:
+      with open(_RESULTS.value, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

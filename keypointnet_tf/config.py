@@ -78,14 +78,14 @@ class TrainConfig:
 
 
 def cpu_preset(category="planes"):
-  """A run sized for a 2-core CPU (about 20 minutes including the data set build; README "CPU preset").
+  """A run sized for a 2-core CPU: "KeypointNet + axis-anchor warm-up" (README "CPU preset"), not label-free.
 
   The paper's network, losses, weights and noise on a smaller problem, plus one addition that is not in the
   paper: the `<category>_small` data (64 px) resized to 32 px, 16 filters, batch-norm momentum 0.99 (so
   inference statistics settle within the run), Adam 1e-3, 8,000 steps, the orientation flag annealed over
-  steps 3k-6k, and the warm-up anchor (`losses.anchor_loss`, weight 1 decaying to 0 at step 4,000). Without the
-  anchor, every variant of the paper's recipe tried at this budget stayed at chance (README); with it, a
-  4,000-step trial reached 25.4 mean / 19.6 median degrees on the planes test split.
+  steps 3k-6k, and the warm-up anchor (`losses.anchor_loss`, weight 1 decaying to 0 at step 4,000), which ties
+  keypoints 0 and 1 to the projections of the object's +-x axis ends, two landmarks from the absolute pose. With
+  the anchor weight set to 0 (the paper's losses only) the same budget stays at chance (reproduction/trials.md).
   """
   return TrainConfig(
       category=category,
@@ -103,3 +103,39 @@ def cpu_preset(category="planes"):
       image_summary_every=1000,
       checkpoint_every=500,
   )
+
+
+ANCHOR_METHOD = "KeypointNet + axis-anchor warm-up"  # Reported name of runs trained with the anchor loss.
+
+
+def method_name(config):
+  """The name a run is reported under; the paper's method name only for the paper's losses.
+
+  "KeypointNet" for the paper's six losses with the released code's weights, noise and separation threshold (at
+  any size and budget: the budget goes beside the name). "KeypointNet + axis-anchor warm-up" when the warm-up
+  anchor is on: during the warm-up keypoints 0 and 1 are pulled to the projections of the object's +-x axis ends,
+  two landmarks from the absolute pose, so such a run is not label-free in the paper's sense. "supervised
+  baseline" for the supervised regression. Any other difference in the loss configuration is listed after the name
+  ("(variant: separation_delta 0.2)"), and a frozen pretrained orientation network adds "with pretrained O-Net"
+  (the paper's rows b and c).
+
+  Args:
+    config: TrainConfig.
+  Returns:
+    str.
+  """
+  paper = LossConfig()
+  if config.supervised:
+    name = "supervised baseline"
+  else:
+    name = ANCHOR_METHOD if config.loss.weights.anchor else "KeypointNet"
+    changes = [f"{field.name} {getattr(config.loss.weights, field.name):g}"
+               for field in dataclasses.fields(LossWeights) if field.name != "anchor"
+               and getattr(config.loss.weights, field.name) != getattr(paper.weights, field.name)]
+    changes += [f"{key} {getattr(config.loss, key):g}" for key in ("separation_delta", "pose_noise_stddev")
+                if getattr(config.loss, key) != getattr(paper, key)]
+    if changes:
+      name += f" (variant: {', '.join(changes)})"
+  if config.orientation_from:
+    name += " with pretrained O-Net"
+  return name

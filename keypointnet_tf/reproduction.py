@@ -1,9 +1,12 @@
-"""The reproduction driver: build, train KeypointNet and the supervised baseline, ablations, evaluate, report.
+"""The reproduction driver: build, train the three methods and ablations with one budget, evaluate, report.
 
-`reproduce(...)` runs one category end to end and `write_report(...)` turns every category's stored results
-into `REPRODUCTION.md`: our rows beside the paper's Table 1, the ablations, pictures and the commands. Every
-stage resumes: a run that already reached its steps is only evaluated again, so an interrupted reproduction
-continues where it stopped when the same command is run again.
+`reproduce(...)` runs one category end to end: "KeypointNet" (the paper's losses only, label-free),
+"KeypointNet + axis-anchor warm-up" (the CPU preset's addition, not label-free) and the supervised baseline, all
+with the same steps, pairs and network. `write_report(...)` turns every category's stored results into
+`REPRODUCTION.md`: the paper's Table 1 and our rows as separate tables, the ablations, pictures and the commands.
+Every stage resumes: a run that already reached its steps is only evaluated again, and a run whose directory is
+gone (another machine) but whose result is stored with the same configuration is kept as stored, so an
+interrupted reproduction continues where it stopped when the same command is run again.
 """
 
 import dataclasses
@@ -14,6 +17,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from keypointnet_tf import config as config_lib
 from keypointnet_tf import evaluation
 from keypointnet_tf import input_pipeline
 from keypointnet_tf import prediction
@@ -33,12 +37,12 @@ def _num_keypoints(config, n):
   return dataclasses.replace(config, model=dataclasses.replace(config.model, num_keypoints=n))
 
 
-# The paper's ablations, plus no_anchor (the CPU preset's addition): each maps the unsupervised config to a variant.
+# The paper's ablations: each maps the preset's unsupervised config to a variant. (The paper's losses without the
+# CPU preset's anchor are not an ablation here: that is the "KeypointNet" row itself.)
 ABLATIONS = {
     "no_consistency": lambda c: _weights(c, consistency=0.0),
     "no_pose": lambda c: _weights(c, pose=0.0),
     "no_silhouette": lambda c: _weights(c, silhouette=0.0, variance=0.0),
-    "no_anchor": lambda c: _weights(c, anchor=0.0),
     "more_noise": lambda c: dataclasses.replace(c, loss=dataclasses.replace(
         c.loss, pose_noise_stddev=2 * c.loss.pose_noise_stddev or 0.1)),
     **{f"keypoints_{n}": (lambda c, n=n: _num_keypoints(c, n)) for n in (3, 5, 8, 10, 15, 20)},
@@ -47,7 +51,6 @@ ABLATION_DESCRIPTIONS = {
     "no_consistency": "consistency weight 0",
     "no_pose": "pose weight 0",
     "no_silhouette": "silhouette and variance weights 0",
-    "no_anchor": "anchor weight 0 (the paper's losses only)",
     "more_noise": "twice the pose-loss noise",
     **{f"keypoints_{n}": f"N = {n} keypoints" for n in (3, 5, 8, 10, 15, 20)},
 }
@@ -66,6 +69,38 @@ def supervised_config(config):
   return dataclasses.replace(_num_keypoints(config, int(first["keypoints"].shape[0])), supervised=True)
 
 
+def method_configs(base_config, root):
+  """The three methods of a reproduction with one budget, keyed by `config.method_name`.
+
+  Args:
+    base_config: TrainConfig of the preset (with or without the anchor).
+    root: folder of this category's runs.
+  Returns:
+    dict name -> TrainConfig: "KeypointNet" (the preset with the anchor weight 0: the paper's losses only), the
+    anchored variant (the preset's anchor, or weight 1 decaying to 0 at half the steps when it has none) and the
+    supervised baseline.
+  """
+  label_free = _weights(base_config, anchor=0.0)
+  anchored = base_config
+  if not base_config.loss.weights.anchor:
+    anchored = dataclasses.replace(_weights(base_config, anchor=1.0), anchor_steps=max(base_config.steps // 2, 1))
+  supervised = supervised_config(training.resolve(base_config))
+  configs = {}
+  for config, folder in ((label_free, "keypointnet"), (anchored, "keypointnet_anchor"), (supervised, "supervised")):
+    configs[config_lib.method_name(config)] = dataclasses.replace(config, model_dir=os.path.join(root, folder))
+  return configs
+
+
+# Fields that do not change what a run trains (where it lives, how often it logs, how it is computed).
+_SETTINGS = set(training.RESUMABLE_FIELDS) - {"steps"}
+
+
+def _same_training(a, b):
+  """True when two config dicts train the same thing (ignoring directories, logging and the compute setup)."""
+  return ({k: v for k, v in a.items() if k not in _SETTINGS} ==
+          {k: v for k, v in b.items() if k not in _SETTINGS})
+
+
 def _train_and_evaluate(config, max_pairs):
   start = time.time()
   result = training.train(config)
@@ -77,7 +112,11 @@ def _train_and_evaluate(config, max_pairs):
   row, _ = evaluation.evaluate_run(config.model_dir, "test", max_pairs=max_pairs)
   row.pop("errors")
   return {"model_dir": config.model_dir, "steps": config.steps, "train_seconds": seconds,
-          "config": training.config_to_dict(config), **row}
+          "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "config": training.config_to_dict(config), **row}
+
+
+def _machine():
+  return f"{os.cpu_count()} CPUs, GPUs: {len(tf.config.list_physical_devices('GPU'))}"
 
 
 def _pictures(runs, config, path, num_examples=8, display_size=128):
@@ -119,29 +158,37 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
   check_ablations(ablations)
   category = base_config.category
   root = os.path.join(runs_dir, category)
-  configs = {"KeypointNet": dataclasses.replace(base_config, model_dir=os.path.join(root, "keypointnet"))}
-  configs["supervised"] = dataclasses.replace(supervised_config(training.resolve(base_config)),
-                                              model_dir=os.path.join(root, "supervised"))
+  configs = method_configs(base_config, root)
   for name in ablations:
     configs[f"ablation: {name}"] = dataclasses.replace(ABLATIONS[name](base_config),
                                                        model_dir=os.path.join(root, f"ablation_{name}"))
   earlier = load_results(output_dir).get(category, {}).get("runs", {})
   results = {}
   for name, config in configs.items():
+    stored = earlier.get(name)
+    has_run = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")) is not None
+    if stored and not has_run and _same_training(stored["config"], training.config_to_dict(training.resolve(config))):
+      log(f"[{category}] {name}: kept the stored result (same configuration, trained in {stored['model_dir']}; "
+          f"delete it from {output_dir}/{RESULTS_FILE} to train again)")
+      results[name] = stored
+      continue
     log(f"[{category}] {name}: training {config.steps} steps in {config.model_dir}")
     results[name] = _train_and_evaluate(config, max_pairs)
     if results[name]["train_seconds"] is None:
-      results[name]["train_seconds"] = earlier.get(name, {}).get("train_seconds")
+      results[name]["train_seconds"] = (stored or {}).get("train_seconds")
     log(f"[{category}] {name}: mean {results[name]['mean']:.1f}, median {results[name]['median']:.1f} deg")
   os.makedirs(output_dir, exist_ok=True)
   picture = f"{category}_predictions.png"
-  _pictures([configs["KeypointNet"].model_dir, configs["supervised"].model_dir], training.resolve(base_config),
-            os.path.join(output_dir, picture))
+  trained = [config.model_dir for name, config in configs.items() if not name.startswith("ablation")
+             and tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))]
+  _pictures(trained, training.resolve(base_config), os.path.join(output_dir, picture))
   stored = load_results(output_dir)
   # Runs stored earlier and not repeated now (e.g. ablations of a previous invocation) are kept.
   results = {**stored.get(category, {}).get("runs", {}), **results}
-  stored[category] = {"runs": results, "picture": picture, "command": command, "date": time.strftime("%Y-%m-%d"),
-                      "machine": f"{os.cpu_count()} CPUs, GPUs: {len(tf.config.list_physical_devices('GPU'))}"}
+  stored[category] = {"runs": results, "picture": picture,
+                      "picture_rows": [name for name, config in configs.items() if config.model_dir in trained],
+                      "command": command, "date": time.strftime("%Y-%m-%d"),
+                      "machine": _machine()}
   path = os.path.join(output_dir, RESULTS_FILE)
   with open(path + ".tmp", "w") as f:
     json.dump(stored, f, indent=1)
@@ -159,14 +206,19 @@ def load_results(output_dir):
 
 def _budget(run):
   c = run["config"]
-  text = (f"{c['steps']:,} steps x {c['batch_size']} pairs, {c['image_size']} px, "
-          f"{c['model']['num_filters']} filters, N = {c['model']['num_keypoints']}"
-          + (f", {run['train_seconds'] / 60:.0f} min of training" if run["train_seconds"] is not None else ""))
+  text = (f"{c['steps']:,} steps x {c['batch_size']} pairs ({c['steps'] * c['batch_size'] / 1000:.0f}k pairs), "
+          f"{c['image_size']} px, {c['model']['num_filters']} filters, N = {c['model']['num_keypoints']}"
+          + (f", {run['train_seconds'] / 60:.0f} min of training" if run.get("train_seconds") is not None else ""))
   anchor = c["loss"]["weights"].get("anchor", 0.0)
   if anchor and not c["supervised"]:
-    text += (f"; with the CPU preset's warm-up anchor (not in the paper: weight {anchor:g} decaying to 0 at step "
-             f"{c['anchor_steps']:,}, see README)")
+    text += (f"; axis-anchor warm-up (not in the paper: keypoints 0 and 1 pulled to the projected +-x axis ends, "
+             f"weight {anchor:g} decaying to 0 at step {c['anchor_steps']:,})")
   return text
+
+
+def _method_order(name):
+  order = ["KeypointNet", config_lib.ANCHOR_METHOD, "supervised baseline"]
+  return (order.index(name) if name in order else len(order), name)
 
 
 def write_report(output_dir, path, command):
@@ -181,18 +233,24 @@ def write_report(output_dir, path, command):
   if not stored:
     raise FileNotFoundError(f"No {RESULTS_FILE} in {output_dir}: run the reproduction first.")
   relative = os.path.relpath(output_dir, os.path.dirname(os.path.abspath(path)) or ".")
-  main_rows = []
-  for method in ("KeypointNet", "supervised"):
-    main_rows.append((f"ours: {method} (procedural, CPU budget)",
-                      {c: stored[c]["runs"][method] for c in stored if method in stored[c]["runs"]}))
+  methods = sorted({m for entry in stored.values() for m in entry["runs"] if not m.startswith("ablation")},
+                   key=_method_order)
+  main_rows = [(f"{method} (procedural, CPU budget)",
+                {c: stored[c]["runs"][method] for c in stored if method in stored[c]["runs"]}) for method in methods]
   lines = [
       "# Reproduction report",
       "",
       "Our rows are measured on the **procedural** meshes of `shapenet_pairs` (not ShapeNet), with the training "
-      "budget stated below (far smaller than the paper's 200,000 steps x 256 pairs). The paper's rows are its "
-      "Table 1 on ShapeNet. Protocol (`keypointnet_tf/evaluation.py`): test split, predicted orientation flag, "
-      "no noise in the metric; mean and median angular error of the relative rotation in degrees, 3D-SE in "
-      "object units.",
+      "budget stated for each row below (far smaller than the paper's 200,000 steps x 256 pairs). Protocol "
+      "(`keypointnet_tf/evaluation.py`): test split, predicted orientation flag, no noise in the metric; mean and "
+      "median angular error of the relative rotation in degrees, 3D-SE in object units, the dual alignment score "
+      "(DAS, per view against the procedural ground-truth parts) and the share of keypoints within 0.25 object "
+      "units of a ground-truth part.",
+      "",
+      "Method names: **KeypointNet** is the paper's six losses only (label-free). **KeypointNet + axis-anchor "
+      "warm-up** adds the CPU preset's warm-up term, which pulls keypoints 0 and 1 to the projections of the "
+      "object's +-x axis ends during the first half of training: two landmarks from the absolute pose, so it is "
+      "not label-free in the paper's sense. The **supervised baseline** regresses the ground-truth keypoints.",
       "",
       "Produced by:",
       "",
@@ -200,33 +258,38 @@ def write_report(output_dir, path, command):
       *dict.fromkeys([entry.get("command") or command for entry in stored.values()]),
       "```",
       "",
-      evaluation.markdown_table(main_rows),
-      "Budgets:",
+      "## Ours (procedural data, CPU budget)",
+      "",
+      evaluation.markdown_table(main_rows, include_paper=False),
+      "Budget of each row:",
       "",
   ]
   for category, entry in stored.items():
-    for method, run in entry["runs"].items():
-      lines.append(f"- {category}, {method}: {_budget(run)} ({entry['machine']}, {entry['date']}); "
-                   f"{run['pairs']} test pairs")
+    for method in sorted(entry["runs"], key=_method_order):
+      run = entry["runs"][method]
+      lines.append(f"- {category}, {method}: {_budget(run)} ({run.get('machine', entry['machine'])}, "
+                   f"{run.get('date', entry['date'])}); {run['pairs']} test pairs")
+  lines += ["", "## The paper (Table 1: ShapeNet, 128 px, 64 filters, 200,000 steps x 256 pairs = 51M pairs)", "",
+            evaluation.paper_table()]
   ablation_rows = [(category, method, run) for category, entry in stored.items()
                    for method, run in entry["runs"].items() if method.startswith("ablation")]
   if ablation_rows:
-    lines += ["", "## Ablations", "",
+    lines += ["## Ablations (of the preset's unsupervised configuration)", "",
               "| category | variant | change | mean | median | 3D-SE | < 30 deg |", "|---|---|---|---|---|---|---|"]
-    for category, entry in stored.items():
-      base = entry["runs"]["KeypointNet"]
-      lines.append(f"| {category} | KeypointNet | — | {base['mean']:.1f} | {base['median']:.1f} | "
-                   f"{base['3d_se']:.3f} | {base['under_30']:.1%} |")
     for category, method, run in ablation_rows:
       name = method.split(": ", 1)[1]
-      lines.append(f"| {category} | {name} | {ABLATION_DESCRIPTIONS[name]} | {run['mean']:.1f} | "
+      base = config_lib.method_name(training.config_from_dict(run["config"]))
+      lines.append(f"| {category} | {name} | {ABLATION_DESCRIPTIONS.get(name, name)} on {base} | {run['mean']:.1f} | "
                    f"{run['median']:.1f} | {run['3d_se']:.3f} | {run['under_30']:.1%} |")
-  lines += ["", "## Pictures", "",
-            "Eight test pairs (view 0 above view 1); the top two rows are KeypointNet, the bottom two the "
-            "supervised baseline. One colour per keypoint index.",
-            ""]
+    lines.append("")
+  lines += ["## Pictures", "",
+            "Eight test pairs (view 0 above view 1), two rows per method, one colour per keypoint index.", ""]
   for category, entry in stored.items():
-    lines.append(f"![{category}: KeypointNet (top) and supervised (bottom)]({relative}/{entry['picture']})")
+    rows = entry.get("picture_rows") or [config_lib.ANCHOR_METHOD, "supervised baseline"]
+    caption = f"{category}, top to bottom: " + ", ".join(rows)
+    lines.append(f"{caption}:")
+    lines.append("")
+    lines.append(f"![{caption}]({relative}/{entry['picture']})")
     lines.append("")
   with open(path, "w") as f:
     f.write("\n".join(lines))

@@ -25,7 +25,7 @@ from keypointnet_tf import visualization
 
 CONFIG_FILE = "config.json"
 # Fields that may differ between a run and its resumption (they do not change what is being trained).
-_RESUMABLE_FIELDS = ("steps", "model_dir", "data_dir", "log_every", "image_summary_every", "checkpoint_every",
+RESUMABLE_FIELDS = ("steps", "model_dir", "data_dir", "log_every", "image_summary_every", "checkpoint_every",
                      "checkpoint_every_secs", "keep_checkpoints", "strategy", "jit_compile", "released_dir")
 
 
@@ -108,7 +108,7 @@ def _write_or_check_config(config):
     with tf.io.gfile.GFile(path) as f:
       saved = config_to_dict(config_from_dict(json.load(f)))  # fields added since then get their defaults
     conflicts = {key: (saved.get(key), value) for key, value in current.items()
-                 if key not in _RESUMABLE_FIELDS and saved.get(key) != json.loads(json.dumps(value))}
+                 if key not in RESUMABLE_FIELDS and saved.get(key) != json.loads(json.dumps(value))}
     if conflicts:
       lines = "\n".join(f"  {key}: saved {old!r}, now {new!r}" for key, (old, new) in sorted(conflicts.items()))
       raise TrainingError(

@@ -59,3 +59,39 @@ def test_evaluate_with_exact_keypoints_gives_zero_error_and_zero_se():
   row = evaluation.evaluate(lambda im: {"uvz": truth[float(im.numpy()[0, 0, 0, 0])]}, dataset)
   assert row["pairs"] == 4
   assert row["mean"] < 0.05 and row["3d_se"] < 1e-3
+
+
+def test_semantic_scores_hand_values():
+  # Parts A, B, C; two views. View 0 puts keypoint 0 on A and 1 on B, view 1 swaps them. Forward: each keypoint
+  # names A once and B once (1/2). Backward: A's and B's nearest keypoint alternate (1/2 each); C is nearest to
+  # keypoint 0 in view 0 and keypoint 1 in view 1 (1/2). Every prediction is within 0.25 of a part.
+  parts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], float)
+  predicted = np.array([[[0.1, 0, 0], [0.9, 0, 0]], [[0.9, 0.1, 0], [0.1, 0, 0]]])
+  ground_truth = np.stack([parts, parts])
+  scores = evaluation.semantic_scores(predicted, ground_truth, np.ones((2, 3), bool))
+  assert scores == pytest.approx({"das": 0.5, "das_forward": 0.5, "das_backward": 0.5, "near_part": 1.0})
+  # C missing from view 1's object: C is judged on view 0 alone (1), so backward = (1/2 + 1/2 + 1) / 3.
+  valid = np.array([[True, True, True], [True, True, False]])
+  scores = evaluation.semantic_scores(predicted, ground_truth, valid)
+  assert scores["das_backward"] == pytest.approx(2 / 3) and scores["das_forward"] == pytest.approx(0.5)
+  # Exact keypoints on the parts score 1; moving one keypoint 0.3 away from its part drops near_part to 5/6.
+  exact = np.stack([parts, parts])
+  assert evaluation.semantic_scores(exact, ground_truth, np.ones((2, 3), bool))["das"] == pytest.approx(1.0)
+  exact[0, 2] += [0.3, 0, 0]
+  assert evaluation.semantic_scores(exact, ground_truth, np.ones((2, 3), bool))["near_part"] == pytest.approx(5 / 6)
+
+
+def test_semantic_scores_penalise_a_collapsed_cluster():
+  # Ten keypoints jittered around the object centre in every view: the forward half stays high (every keypoint
+  # names the part nearest the centre), the backward half falls (the nearest keypoint to a part is random).
+  rng = np.random.default_rng(0)
+  parts = rng.uniform(-1, 1, size=(9, 3))
+  views = 200
+  predicted = 0.02 * rng.normal(size=(views, 10, 3))
+  scores = evaluation.semantic_scores(predicted, np.broadcast_to(parts, (views, 9, 3)), np.ones((views, 9), bool))
+  assert scores["das_forward"] > 0.9 and scores["das_backward"] < 0.3 and scores["das"] < 0.65
+
+
+def test_semantic_scores_reject_mismatched_shapes():
+  with pytest.raises(ValueError, match=r"expected predicted \[V, K, 3\]"):
+    evaluation.semantic_scores(np.zeros((2, 3, 3)), np.zeros((3, 4, 3)), np.ones((3, 4), bool))

@@ -97,7 +97,7 @@ def test_evaluate_tool_run_and_saved_model_agree(tiny_run, tiny_planes, tmp_path
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
   assert lines[0].startswith("| method | cars mean | cars median | cars 3D-SE | planes mean")
-  assert any(line.startswith("| paper: d) KeypointNet | 11.310 | 3.372 | 0.171 |") for line in lines)
+  assert any(line.startswith("| d) KeypointNet | 11.310 | 3.372 | 0.171 |") for line in lines)
   with open(tmp_path / "table.json") as f:
     runs = json.load(f)["runs"]
   assert runs["run"]["pairs"] == runs["savedmodel"]["pairs"] == 4  # 2 test models x 2 pairs

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -22,7 +23,6 @@ def test_ablations_change_only_what_they_name():
       "no_consistency": dataclasses.replace(w, consistency=0.0),
       "no_pose": dataclasses.replace(w, pose=0.0),
       "no_silhouette": dataclasses.replace(w, silhouette=0.0, variance=0.0),
-      "no_anchor": dataclasses.replace(w, anchor=0.0),
   }
   for name, weights in expected.items():
     variant = reproduction.ABLATIONS[name](base)
@@ -36,6 +36,37 @@ def test_ablations_change_only_what_they_name():
     assert dataclasses.replace(variant, model=base.model) == base
   with pytest.raises(ValueError, match="Unknown ablation"):
     reproduction.check_ablations(["no_pose", "no_such_thing"])
+  assert "no_anchor" not in reproduction.ABLATIONS  # the paper's losses alone are the "KeypointNet" row itself
+
+
+def test_method_names_never_call_a_variant_keypointnet():
+  preset = config_lib.cpu_preset("planes")
+  assert preset.loss.weights.anchor > 0
+  assert config_lib.method_name(preset) == "KeypointNet + axis-anchor warm-up"
+  label_free = dataclasses.replace(preset, loss=config_lib.LossConfig())
+  assert config_lib.method_name(label_free) == "KeypointNet"
+  assert config_lib.method_name(config_lib.TrainConfig()) == "KeypointNet"
+  assert config_lib.method_name(dataclasses.replace(preset, supervised=True)) == "supervised baseline"
+  variant = dataclasses.replace(label_free, loss=config_lib.LossConfig(
+      separation_delta=0.2, weights=config_lib.LossWeights(pose=1.0)), orientation_from="runs/x")
+  assert config_lib.method_name(variant) == ("KeypointNet (variant: pose 1, separation_delta 0.2) "
+                                             "with pretrained O-Net")
+
+
+def test_method_configs_share_one_budget(tmp_path, tiny_planes):
+  data_dir, name = tiny_planes
+  configs = reproduction.method_configs(_tiny_base(data_dir, name), str(tmp_path))
+  assert list(configs) == ["KeypointNet", "KeypointNet + axis-anchor warm-up", "supervised baseline"]
+  label_free, anchored, supervised = configs.values()
+  assert label_free.loss.weights.anchor == 0 and anchored.loss.weights.anchor == 1.0
+  assert anchored.anchor_steps == 1  # half of the 3 steps
+  assert {c.steps for c in configs.values()} == {3} and {c.batch_size for c in configs.values()} == {2}
+  assert supervised.supervised and supervised.model.num_keypoints == 9
+  # A preset that has its own anchor keeps it for the anchored row.
+  preset = config_lib.cpu_preset("planes")
+  anchored = reproduction.method_configs(dataclasses.replace(preset, data_dir=data_dir, dataset_config=name),
+                                         str(tmp_path))["KeypointNet + axis-anchor warm-up"]
+  assert anchored.loss.weights.anchor == preset.loss.weights.anchor and anchored.anchor_steps == preset.anchor_steps
 
 
 def _tiny_base(data_dir, name):
@@ -50,26 +81,36 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   output, runs = str(tmp_path / "out"), str(tmp_path / "runs")
   entry = reproduction.reproduce(_tiny_base(data_dir, name), output, runs, ablations=["keypoints_3"],
                                  log=lambda _: None)
-  assert set(entry["runs"]) == {"KeypointNet", "supervised", "ablation: keypoints_3"}
+  anchored = "KeypointNet + axis-anchor warm-up"
+  assert set(entry["runs"]) == {"KeypointNet", anchored, "supervised baseline", "ablation: keypoints_3"}
   for method, run in entry["runs"].items():
     assert run["steps"] == 3 and run["pairs"] == 4  # 2 test models x 2 pairs
     assert 0.0 <= run["median"] <= 180.0 and run["3d_se"] >= 0.0
   # The baseline regresses the data's 9 ground-truth plane keypoints with the same budget.
-  assert entry["runs"]["supervised"]["config"]["supervised"]
-  assert entry["runs"]["supervised"]["config"]["model"]["num_keypoints"] == 9
+  assert entry["runs"]["supervised baseline"]["config"]["supervised"]
+  assert entry["runs"]["supervised baseline"]["config"]["model"]["num_keypoints"] == 9
+  assert entry["runs"]["KeypointNet"]["config"]["loss"]["weights"]["anchor"] == 0.0
+  assert entry["runs"][anchored]["config"]["loss"]["weights"]["anchor"] == 1.0
+  for run in entry["runs"].values():
+    assert 0.0 <= run["das"] <= 1.0 and 0.0 <= run["near_part"] <= 1.0
   assert entry["runs"]["ablation: keypoints_3"]["config"]["model"]["num_keypoints"] == 3
   with open(os.path.join(output, reproduction.RESULTS_FILE)) as f:
     assert json.load(f)["planes"]["runs"]["KeypointNet"]["mean"] == entry["runs"]["KeypointNet"]["mean"]
   with Image.open(os.path.join(output, entry["picture"])) as picture:
-    assert picture.size == (4 * 128, 4 * 128)  # 4 pairs: 2 rows (view 0, view 1) per run, 128 px views
+    assert picture.size == (4 * 128, 6 * 128)  # 4 pairs: 2 rows (view 0, view 1) per method, 128 px views
+  assert entry["picture_rows"] == ["KeypointNet", anchored, "supervised baseline"]
 
   report = reproduction.write_report(output, str(tmp_path / "REPRODUCTION.md"), "python tools/reproduce.py ...")
   with open(report) as f:
     text = f.read()
   ours = entry["runs"]["KeypointNet"]
   assert f"{ours['mean']:.3f} | {ours['median']:.3f} | {ours['3d_se']:.3f}" in text
-  assert "| paper: d) KeypointNet |" in text and "procedural" in text
-  assert "| planes | keypoints_3 | N = 3 keypoints |" in text
+  ours_section, paper_section = text.split("## The paper", 1)
+  assert "| d) KeypointNet |" in paper_section and "| d) KeypointNet |" not in ours_section
+  assert f"| {anchored} (procedural, CPU budget) |" in ours_section
+  assert "| KeypointNet (procedural, CPU budget) |" in ours_section and "procedural" in text
+  assert "top to bottom: KeypointNet, KeypointNet + axis-anchor warm-up, supervised baseline" in text
+  assert "| planes | keypoints_3 | N = 3 keypoints on KeypointNet |" in text
   assert "](out/planes_predictions.png)" in text
 
   # Running it again evaluates the finished runs without training them again.
@@ -80,6 +121,15 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert again["runs"]["KeypointNet"]["train_seconds"] == ours["train_seconds"] > 0  # kept from the real run
   assert "ablation: keypoints_3" in again["runs"]  # results of an earlier invocation are kept
   assert os.path.getmtime(checkpoint_file) == before
+
+  # A run trained elsewhere (its directory is gone) whose stored result has the same configuration is kept, not
+  # trained again; a different budget trains it anew.
+  shutil.rmtree(os.path.join(runs, "planes", "supervised"))
+  messages = []
+  kept = reproduction.reproduce(_tiny_base(data_dir, name), output, runs, log=messages.append)
+  assert kept["runs"]["supervised baseline"] == again["runs"]["supervised baseline"]
+  assert not os.path.exists(os.path.join(runs, "planes", "supervised"))
+  assert any("supervised baseline: kept the stored result" in m for m in messages)
 
 
 def test_command_line_rejects_unknown_ablations():

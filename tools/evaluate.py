@@ -2,8 +2,9 @@
 
 Examples:
   python tools/evaluate.py --model_dirs=runs/planes
-  python tools/evaluate.py --model_dirs=runs/planes,runs/planes_supervised --names=KeypointNet,supervised \
-      --output=results/planes
+  python tools/evaluate.py --model_dirs=runs/planes,runs/planes_supervised --output=results/planes
+Rows are named by method (config.method_name: "KeypointNet" only for the paper's losses, "KeypointNet + axis-anchor
+warm-up" for the CPU preset, "supervised baseline") and run directory, unless --names is given.
 Each run is evaluated on its own category and data (or --released_dir / --data_dir) with the predicted
 orientation flag and no noise (--noise=0.1 reproduces the released code's metric). An exported SavedModel
 directory works too (with --category, and --dataset_config for non-default data):
@@ -24,7 +25,7 @@ from keypointnet_tf import evaluation
 from keypointnet_tf import training
 
 _DIRS = flags.DEFINE_list("model_dirs", None, "Run directories to evaluate.", required=True)
-_NAMES = flags.DEFINE_list("names", None, "Row names (default: the run directories).")
+_NAMES = flags.DEFINE_list("names", None, "Row names (default: method name and run directory).")
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split.")
 _NOISE = flags.DEFINE_float("noise", 0.0, "Noise stddev inside the metric (0: clean protocol).")
 _MAX_PAIRS = flags.DEFINE_integer("max_pairs", None, "Evaluate at most this many pairs.")
@@ -36,9 +37,17 @@ _CATEGORY = flags.DEFINE_enum("category", None, ["cars", "planes", "chairs"],
 _DATASET_CONFIG = flags.DEFINE_string("dataset_config", None, "shapenet_pairs config for SavedModel entries.")
 
 
+def _default_name(model_dir):
+  """"<method name> (<dir>)" for a training run; the directory alone for a SavedModel or an unreadable run."""
+  try:
+    return f"{config_lib.method_name(training.load_config(model_dir))} ({model_dir})"
+  except (FileNotFoundError, ValueError, TypeError, KeyError):
+    return model_dir
+
+
 def main(argv):
   del argv
-  names = _NAMES.value or _DIRS.value
+  names = _NAMES.value or [_default_name(d) for d in _DIRS.value]
   if len(names) != len(_DIRS.value):
     print("error: --names needs one name per --model_dirs entry", file=sys.stderr)
     return 2

@@ -1,4 +1,4 @@
-"""Trains KeypointNet (or the supervised baseline) on shapenet_pairs or the paper's released TFRecords.
+"""Trains KeypointNet (optionally with the CPU preset's axis-anchor warm-up) or the supervised baseline on shapenet_pairs or the paper's released TFRecords.
 
 Examples:
   python tools/train.py --category=planes                 # CPU preset on a machine without a GPU
@@ -79,8 +79,12 @@ def _config_from_flags():
 def main(argv):
   del argv
   config, preset = _config_from_flags()
-  print(f"Training {config.category} with the {preset} ({config.steps} steps, batch {config.batch_size}, "
-        f"{config.image_size} px, {config.model.num_filters} filters).", flush=True)
+  print(f"Training {config_lib.method_name(config)} on {config.category} with the {preset} ({config.steps} steps, "
+        f"batch {config.batch_size}, {config.image_size} px, {config.model.num_filters} filters).", flush=True)
+  if config.loss.weights.anchor and not config.supervised:
+    print("Note: the axis-anchor warm-up (not in the paper) pulls keypoints 0 and 1 to the projections of the "
+          "object's +-x axis ends until step {:,}: two landmarks from the absolute pose. --anchor_weight=0 trains "
+          "the paper's losses only.".format(config.anchor_steps), flush=True)
   try:
     result = training.train(config)
   except (training.TrainingError, FileNotFoundError, ValueError) as e:

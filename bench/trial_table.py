@@ -1,0 +1,46 @@
+"""Markdown rows of the trial log written by bench/cpu_trial.py --results (one JSON line per evaluation).
+
+Example:
+  python bench/trial_table.py reproduction/trials.jsonl
+Prints one row per evaluation in file order: trial, method name, step, pairs seen, mean / median angular error,
+3D-SE, DAS, keypoints near a part, shares under 30 and over 90 degrees, training minutes of that leg, overrides.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cpu_trial  # pylint: disable=g-import-not-at-top,wrong-import-position
+from keypointnet_tf import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def method(record):
+  """The run's reported name, from the trial's overrides applied to the CPU preset of its category."""
+  config = cpu_trial.merge(config_lib.cpu_preset(record["category"]), record["overrides"])
+  return config_lib.method_name(config), config.batch_size
+
+
+def rows(records):
+  yield ("| trial | method | category | step | pairs seen | mean | median | 3D-SE | DAS | near a part | < 30 deg | "
+         "> 90 deg | leg minutes | overrides of the CPU preset |")
+  yield "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  for r in records:
+    name, batch = method(r)
+    yield (f"| {r['name']} | {name} | {r['category']} | {r['step']:,} | {r['step'] * batch / 1000:.0f}k | "
+           f"{r['mean']:.1f} | {r['median']:.1f} | {r['3d_se']:.3f} | {r.get('das', float('nan')):.3f} | "
+           f"{r.get('near_part', float('nan')):.1%} | {r['under_30']:.1%} | {r['over_90']:.1%} | "
+           f"{r['train_seconds_this_leg'] / 60:.1f} | `{json.dumps(r['overrides'])}` |")
+
+
+def main(argv):
+  if len(argv) != 2:
+    sys.exit(__doc__)
+  with open(argv[1]) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  print("\n".join(rows(records)))
+
+
+if __name__ == "__main__":
+  main(sys.argv)
