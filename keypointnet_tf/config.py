@@ -32,6 +32,9 @@ class LossWeights:
   # Not in the paper (0 there): the CPU preset's warm-up anchor, see `losses.anchor_loss`. Its weight decays
   # linearly to 0 at TrainConfig.anchor_steps.
   anchor: float = 0.0
+  # Not in the paper (0 there): depth-free consistency of the triangulated keypoints, see
+  # `losses.triangulation_loss` (a label-free research variant, reproduction/trials.md).
+  triangulation: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,6 +38,30 @@ def consistency_loss(uvz0, uvz1, mv0, mvi0, mv1, mvi1, focal):
           _reprojection_error(uvz1, uvz0[..., :2], mvi1, mv0, focal))
 
 
+def triangulation_loss(uv0, uv1, mv0, mvi0, mv1, mvi1, focal):
+  """Depth-free multi-view consistency (not in the paper): reprojection error of the triangulated keypoints.
+
+  Each keypoint's two image positions are triangulated with the known relative pose
+  (`geometry.triangulate_midpoint`) and the point is projected back into both views. The error is zero exactly
+  when the two positions are images of one 3D point (they satisfy the epipolar constraint), whatever depth the
+  network predicts; the paper's consistency loss lifts each keypoint with its predicted depth instead, so a
+  keypoint that follows a part in both images still costs as much as its depth is wrong. Uses only the relative
+  pose, like the paper's consistency loss.
+
+  Args:
+    uv0, uv1: [B, K, 2] float. Predicted keypoints (NDC) in views 0 and 1.
+    mv0, mvi0, mv1, mvi1: [B, 4, 4] float. Object-to-camera matrices and their inverses.
+    focal: float, [] or [B]. NDC focal length.
+  Returns:
+    [] float. Sum over the two views of mean_b sum_i (1/K) |error_i|^2, in NDC^2 (the consistency loss's
+    normalisation).
+  """
+  xyz1 = geometry.triangulate_midpoint(uv0, uv1, mvi0, mv1, focal)  # [B, K, 3] camera 1
+  xyz0 = geometry.transform_points(mv0, geometry.transform_points(mvi1, xyz1))  # [B, K, 3] camera 0
+  return tf.add_n([tf.reduce_mean(tf.reduce_sum(tf.square(geometry.project(xyz, focal)[..., :2] - uv), axis=-1))
+                   for xyz, uv in ((xyz0, uv0), (xyz1, uv1))])
+
+
 def pose_loss(xyz0, xyz1, rotation, noise_stddev=0.0, generator=None):
   """Relative-pose loss: angle between the Procrustes rotation of the keypoints and the true rotation.
 
@@ -165,7 +189,7 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
   Returns:
     dict of [] float32: "total", the six weighted terms' raw values "pose", "consistency", "separation",
     "silhouette", "orientation", "variance", plus "chordal" (logged only) and, when the anchor weight is not
-    0, "anchor".
+    0, "anchor"; when the triangulation weight is not 0, "triangulation".
   """
   focal = batch["focal"]
   views = ((outputs0, batch["image0"], batch["mv0"]), (outputs1, batch["image1"], batch["mv1"]))
@@ -184,6 +208,9 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
   weights = loss_config.weights
   if weights.anchor:
     terms["anchor"] = tf.add_n([anchor_loss(out["uv"], mv, focal) for out, _, mv in views])
+  if weights.triangulation:
+    terms["triangulation"] = triangulation_loss(outputs0["uv"], outputs1["uv"], batch["mv0"], batch["mvi0"],
+                                                batch["mv1"], batch["mvi1"], focal)
   terms = {name: tf.cast(value, tf.float32) for name, value in terms.items()}
   scales = {"anchor": tf.cast(anchor_scale, tf.float32)}
   terms["total"] = tf.add_n([getattr(weights, name) * scales.get(name, 1.0) * value

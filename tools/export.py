@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from keypointnet_tf import config as config_lib
 from keypointnet_tf import export
 from keypointnet_tf import geometry
 from keypointnet_tf import training
@@ -34,7 +35,7 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 2
   export.export_saved_model(net, output, config.image_size, geometry.focal_from_fov(_FOV.value))
-  print(f"SavedModel written to {output} (signatures: serving_default [encoded images], predict_images "
+  print(f"SavedModel of {config_lib.method_name(config)} written to {output} (signatures: serving_default [encoded images], predict_images "
         f"[float RGBA]); input size {config.image_size} px.")
   return 0
 

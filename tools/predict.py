@@ -18,6 +18,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from keypointnet_tf import config as config_lib
 from keypointnet_tf import input_pipeline
 from keypointnet_tf import prediction
 from keypointnet_tf import training
@@ -41,6 +42,7 @@ def main(argv):
   except FileNotFoundError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  print(f"Keypoints of {config_lib.method_name(config)} ({_MODEL_DIR.value}).", flush=True)
   predict = tf.function(lambda images: net(images, training=False), reduce_retracing=True)
   os.makedirs(_OUTPUT.value, exist_ok=True)
   names, skipped = [], []
@@ -86,7 +88,7 @@ def main(argv):
     prediction.write_gif(pictures, os.path.join(_OUTPUT.value, "turntable.gif"))
   for message in skipped:
     print(f"skipped: {message}")
-  print(f"Wrote {len(pictures)} pictures and contact_sheet.png to {_OUTPUT.value}"
+  print(f"Wrote {len(pictures)} pictures of {config_lib.method_name(config)} and contact_sheet.png to {_OUTPUT.value}"
         + (f"; skipped {len(skipped)} unreadable file(s)." if skipped else "."))
   return 0
 
