@@ -44,6 +44,10 @@ class LossConfig:
   weights: LossWeights = LossWeights()
   separation_delta: float = 0.05  # Threshold on the *squared* distance (min distance ~0.224 units).
   pose_noise_stddev: float = 0.1  # Gaussian noise (object units) added to both keypoint sets.
+  # Not in the paper (False there): measure the separation between keypoints in the image plane (their (u, v) lifted
+  # to the keypoints' mean depth) instead of in camera space, where the depth head can satisfy it by spreading
+  # keypoints along the viewing ray (reproduction/trials.md).
+  separation_in_image: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +139,10 @@ def method_name(config):
     changes = [f"{field.name} {getattr(config.loss.weights, field.name):g}"
                for field in dataclasses.fields(LossWeights) if field.name != "anchor"
                and getattr(config.loss.weights, field.name) != getattr(paper.weights, field.name)]
-    changes += [f"{key} {getattr(config.loss, key):g}" for key in ("separation_delta", "pose_noise_stddev")
-                if getattr(config.loss, key) != getattr(paper, key)]
+    for field in dataclasses.fields(LossConfig):
+      value = getattr(config.loss, field.name)
+      if field.name != "weights" and value != getattr(paper, field.name):
+        changes.append(field.name if isinstance(value, bool) else f"{field.name} {value:g}")
     if changes:
       name += f" (variant: {', '.join(changes)})"
   if config.orientation_from:

@@ -175,6 +175,21 @@ def anchor_loss(uv, mv, focal):
   return orientation_loss(uv[:, :2], mv, focal)
 
 
+def image_plane_points(uv, z, focal):
+  """Keypoints lifted to their mean depth: where they would be if all lay in one plane facing the camera.
+
+  Args:
+    uv: [B, K, 2] float. NDC positions.
+    z: [B, K] float. Predicted camera z; only its per-example mean is used, without gradient.
+    focal: float, [] or [B]. NDC focal length.
+  Returns:
+    [B, K, 3] float. Camera-space points whose pairwise distances are the image distances in object units at
+    the keypoints' depth.
+  """
+  depth = tf.stop_gradient(tf.reduce_mean(z, axis=1, keepdims=True))  # [B, 1]
+  return geometry.unproject(tf.concat([uv, tf.broadcast_to(depth, tf.shape(z))[..., tf.newaxis]], -1), focal)
+
+
 def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), generator=None, anchor_scale=1.0):
   """All six terms, summed over both views where per-view, and their weighted total.
 
@@ -192,6 +207,10 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     0, "anchor"; when the triangulation weight is not 0, "triangulation".
   """
   focal = batch["focal"]
+
+  def _image_plane(out):
+    return image_plane_points(tf.cast(out["uv"], tf.float32), tf.cast(out["z"], tf.float32), focal)
+
   views = ((outputs0, batch["image0"], batch["mv0"]), (outputs1, batch["image1"], batch["mv1"]))
   xyz = [geometry.unproject(tf.cast(out["uvz"], tf.float32), focal) for out, _, _ in views]
   pose = pose_loss(xyz[0], xyz[1], geometry.relative_rotation(batch["mv0"], batch["mv1"]),
@@ -200,7 +219,9 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
       "pose": pose["angular"],
       "consistency": consistency_loss(outputs0["uvz"], outputs1["uvz"], batch["mv0"], batch["mvi0"],
                                       batch["mv1"], batch["mvi1"], focal),
-      "separation": tf.add_n([separation_loss(x, loss_config.separation_delta) for x in xyz]),
+      "separation": tf.add_n([
+          separation_loss(_image_plane(out) if loss_config.separation_in_image else x, loss_config.separation_delta)
+          for out, x in zip((outputs0, outputs1), xyz)]),
       "silhouette": tf.add_n([silhouette_loss(out["prob"], image[..., 3] > 0) for out, image, _ in views]),
       "orientation": tf.add_n([orientation_loss(out["orientation"], mv, focal) for out, _, mv in views]),
       "variance": tf.add_n([variance_loss(out["prob"], out["uv"]) for out, _, _ in views]),

@@ -303,3 +303,19 @@ def test_total_loss_adds_triangulation_only_when_weighted():
   without = losses.total_loss(outputs(mv0), shifted, batch, config.LossConfig(pose_noise_stddev=0.0))
   assert with_term["triangulation"] > 0
   np.testing.assert_allclose(with_term["total"], without["total"] + 2.0 * with_term["triangulation"], rtol=1e-5)
+
+
+def test_image_plane_separation_ignores_depth_spread():
+  # Ten keypoints on one image point, spread 0.3 units apart along the viewing ray: camera-space separation is
+  # satisfied (0.09 > 0.05), image-plane separation charges every pair the full delta.
+  uv = np.zeros((1, 10, 2), np.float32)
+  z = (-30.0 + 0.3 * np.arange(10, dtype=np.float32))[None]
+  camera = geometry.unproject(np.concatenate([uv, z[..., None]], -1), FOCAL)
+  assert losses.separation_loss(camera, 0.05).numpy() == pytest.approx(0.05 * 10 / (2 * 10))  # diagonal only
+  flat = losses.image_plane_points(uv, z, FOCAL)
+  assert losses.separation_loss(flat, 0.05).numpy() == pytest.approx(0.05 * 100 / (2 * 10))
+  # Image distances become object units at the mean depth: 0.1 NDC apart at depth 28.65 is 0.1 * 28.65 / f.
+  uv2 = np.array([[[0.0, 0.0], [0.1, 0.0]]], np.float32)
+  points = losses.image_plane_points(uv2, np.array([[-28.0, -29.3]], np.float32), FOCAL).numpy()
+  assert np.linalg.norm(points[0, 0] - points[0, 1]) == pytest.approx(0.1 * 28.65 / FOCAL, rel=1e-5)
+  assert np.allclose(points[..., 2], -28.65)
