@@ -1,7 +1,8 @@
 """Markdown rows of the trial log written by bench/cpu_trial.py --results (one JSON line per evaluation).
 
-Example:
-  python bench/trial_table.py reproduction/trials.jsonl
+Examples:
+  python bench/trial_table.py reproduction/trials.jsonl                              # print the rows
+  python bench/trial_table.py reproduction/trials.jsonl reproduction/trials.md       # rewrite the table there
 Prints one row per evaluation in file order: trial, method name, step, pairs seen, mean / median angular error,
 3D-SE, DAS, keypoints near a part, shares under 30 and over 90 degrees, training minutes of that leg, overrides.
 """
@@ -34,12 +35,25 @@ def rows(records):
            f"{r['train_seconds_this_leg'] / 60:.1f} | `{json.dumps(r['overrides'])}` |")
 
 
+BEGIN, END = "<!-- trial rows: bench/trial_table.py -->", "<!-- end of trial rows -->"
+
+
 def main(argv):
-  if len(argv) != 2:
+  if len(argv) not in (2, 3):
     sys.exit(__doc__)
   with open(argv[1]) as f:
     records = [json.loads(line) for line in f if line.strip()]
-  print("\n".join(rows(records)))
+  table = "\n".join(rows(records))
+  if len(argv) == 2:
+    print(table)
+    return
+  with open(argv[2]) as f:
+    text = f.read()
+  if BEGIN not in text or END not in text:
+    sys.exit(f"{argv[2]} has no {BEGIN} ... {END} block to replace.")
+  head, rest = text.split(BEGIN, 1)
+  with open(argv[2], "w") as f:
+    f.write(head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1])
 
 
 if __name__ == "__main__":
