@@ -96,7 +96,12 @@ _SETTINGS = set(training.RESUMABLE_FIELDS) - {"steps"}
 
 
 def _same_training(a, b):
-  """True when two config dicts train the same thing (ignoring directories, logging and the compute setup)."""
+  """True when two config dicts train the same thing (ignoring directories, logging and the compute setup).
+
+  Both go through config_from_dict first, so fields added to the config since a result was stored compare as
+  their defaults.
+  """
+  a, b = (training.config_to_dict(training.config_from_dict(c)) for c in (a, b))
   return ({k: v for k, v in a.items() if k not in _SETTINGS} ==
           {k: v for k, v in b.items() if k not in _SETTINGS})
 
@@ -168,8 +173,8 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     stored = earlier.get(name)
     has_run = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")) is not None
     if stored and not has_run and _same_training(stored["config"], training.config_to_dict(training.resolve(config))):
-      log(f"[{category}] {name}: kept the stored result (same configuration, trained in {stored['model_dir']}; "
-          f"delete it from {output_dir}/{RESULTS_FILE} to train again)")
+      log(f"[{category}] {name}: kept the stored result (same configuration, trained on {stored.get('date', '?')}, "
+          f"{stored.get('machine', '?')}; delete it from {output_dir}/{RESULTS_FILE} to train again)")
       results[name] = stored
       continue
     log(f"[{category}] {name}: training {config.steps} steps in {config.model_dir}")
@@ -178,16 +183,17 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
       results[name]["train_seconds"] = (stored or {}).get("train_seconds")
     log(f"[{category}] {name}: mean {results[name]['mean']:.1f}, median {results[name]['median']:.1f} deg")
   os.makedirs(output_dir, exist_ok=True)
-  picture = f"{category}_predictions.png"
-  trained = [config.model_dir for name, config in configs.items() if not name.startswith("ablation")
-             and tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))]
-  _pictures(trained, training.resolve(base_config), os.path.join(output_dir, picture))
   stored = load_results(output_dir)
-  # Runs stored earlier and not repeated now (e.g. ablations of a previous invocation) are kept.
-  results = {**stored.get(category, {}).get("runs", {}), **results}
-  stored[category] = {"runs": results, "picture": picture,
-                      "picture_rows": [name for name, config in configs.items() if config.model_dir in trained],
-                      "command": command, "date": time.strftime("%Y-%m-%d"),
+  earlier_entry = stored.get(category, {})
+  pictures = dict(earlier_entry.get("pictures", {}))  # pictures of runs not on this machine stay as they were
+  for name, config in configs.items():
+    if not name.startswith("ablation") and tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")):
+      pictures[name] = f"{category}_{os.path.basename(config.model_dir)}.png"
+      _pictures([config.model_dir], training.resolve(base_config), os.path.join(output_dir, pictures[name]))
+  # Runs stored earlier and not repeated now (e.g. ablations of a previous invocation) are kept, with any notes.
+  results = {**earlier_entry.get("runs", {}), **results}
+  stored[category] = {**{k: v for k, v in earlier_entry.items() if k in ("picture", "picture_rows", "notes")},
+                      "runs": results, "pictures": pictures, "command": command, "date": time.strftime("%Y-%m-%d"),
                       "machine": _machine()}
   path = os.path.join(output_dir, RESULTS_FILE)
   with open(path + ".tmp", "w") as f:
@@ -269,6 +275,9 @@ def write_report(output_dir, path, command):
       run = entry["runs"][method]
       lines.append(f"- {category}, {method}: {_budget(run)} ({run.get('machine', entry['machine'])}, "
                    f"{run.get('date', entry['date'])}); {run['pairs']} test pairs")
+  for category, entry in stored.items():
+    for note in entry.get("notes", []):
+      lines.append(f"- {category}: {note}")
   lines += ["", "## The paper (Table 1: ShapeNet, 128 px, 64 filters, 200,000 steps x 256 pairs = 51M pairs)", "",
             evaluation.paper_table()]
   ablation_rows = [(category, method, run) for category, entry in stored.items()
@@ -283,14 +292,15 @@ def write_report(output_dir, path, command):
                    f"{run['median']:.1f} | {run['3d_se']:.3f} | {run['under_30']:.1%} |")
     lines.append("")
   lines += ["## Pictures", "",
-            "Eight test pairs (view 0 above view 1), two rows per method, one colour per keypoint index.", ""]
+            "Eight test pairs per picture (view 0 above view 1), one colour per keypoint index.", ""]
   for category, entry in stored.items():
-    rows = entry.get("picture_rows") or [config_lib.ANCHOR_METHOD, "supervised baseline"]
-    caption = f"{category}, top to bottom: " + ", ".join(rows)
-    lines.append(f"{caption}:")
-    lines.append("")
-    lines.append(f"![{caption}]({relative}/{entry['picture']})")
-    lines.append("")
+    drawn = set(entry.get("pictures", {}))
+    for method in sorted(entry.get("pictures", {}), key=_method_order):
+      lines += [f"{category}, {method}:", "", f"![{category}, {method}]({relative}/{entry['pictures'][method]})", ""]
+    rows = entry.get("picture_rows", [])
+    if entry.get("picture") and not set(rows) <= drawn:  # an earlier picture with several methods, top to bottom
+      caption = f"{category}, top to bottom: " + ", ".join(rows)
+      lines += [f"{caption}:", "", f"![{caption}]({relative}/{entry['picture']})", ""]
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return path

@@ -96,9 +96,10 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert entry["runs"]["ablation: keypoints_3"]["config"]["model"]["num_keypoints"] == 3
   with open(os.path.join(output, reproduction.RESULTS_FILE)) as f:
     assert json.load(f)["planes"]["runs"]["KeypointNet"]["mean"] == entry["runs"]["KeypointNet"]["mean"]
-  with Image.open(os.path.join(output, entry["picture"])) as picture:
-    assert picture.size == (4 * 128, 6 * 128)  # 4 pairs: 2 rows (view 0, view 1) per method, 128 px views
-  assert entry["picture_rows"] == ["KeypointNet", anchored, "supervised baseline"]
+  assert set(entry["pictures"]) == {"KeypointNet", anchored, "supervised baseline"}
+  for file in entry["pictures"].values():
+    with Image.open(os.path.join(output, file)) as picture:
+      assert picture.size == (4 * 128, 2 * 128)  # 4 pairs: view 0 above view 1, 128 px views
 
   report = reproduction.write_report(output, str(tmp_path / "REPRODUCTION.md"), "python tools/reproduce.py ...")
   with open(report) as f:
@@ -109,9 +110,9 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert "| d) KeypointNet |" in paper_section and "| d) KeypointNet |" not in ours_section
   assert f"| {anchored} (procedural, CPU budget) |" in ours_section
   assert "| KeypointNet (procedural, CPU budget) |" in ours_section and "procedural" in text
-  assert "top to bottom: KeypointNet, KeypointNet + axis-anchor warm-up, supervised baseline" in text
+  assert f"![planes, {anchored}](out/planes_keypointnet_anchor.png)" in text
+  assert "![planes, KeypointNet](out/planes_keypointnet.png)" in text
   assert "| planes | keypoints_3 | N = 3 keypoints on KeypointNet |" in text
-  assert "](out/planes_predictions.png)" in text
 
   # Running it again evaluates the finished runs without training them again.
   checkpoint_file = os.path.join(runs, "planes", "keypointnet", "checkpoints", "checkpoint")
@@ -130,6 +131,7 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert kept["runs"]["supervised baseline"] == again["runs"]["supervised baseline"]
   assert not os.path.exists(os.path.join(runs, "planes", "supervised"))
   assert any("supervised baseline: kept the stored result" in m for m in messages)
+  assert kept["pictures"] == again["pictures"]  # the picture of the run trained elsewhere is kept
 
 
 def test_command_line_rejects_unknown_ablations():
