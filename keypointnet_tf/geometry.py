@@ -144,8 +144,8 @@ def triangulate_midpoint(uv_a, uv_b, mvi_a, mv_b, focal, min_det=1e-4):
   transform = tf.matmul(tf.cast(mv_b, uv_a.dtype), tf.cast(mvi_a, uv_a.dtype))  # [B, 4, 4] camera a -> camera b
 
   def direction(uv):
-    ones = -tf.ones_like(uv[..., :1])
-    return unproject(tf.concat([uv, ones], axis=-1), focal)  # [B, K, 3], a point at depth 1 on the ray
+    depth = -tf.ones_like(uv[..., :1])  # camera z of a point one unit in front of the camera
+    return unproject(tf.concat([uv, depth], axis=-1), focal)  # [B, K, 3], that point on the ray
 
   d_b = direction(uv_b)
   e = tf.einsum("bij,bkj->bki", transform[:, :3, :3], direction(uv_a))  # [B, K, 3] ray a's direction in b

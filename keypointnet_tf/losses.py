@@ -207,21 +207,19 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     0, "anchor"; when the triangulation weight is not 0, "triangulation".
   """
   focal = batch["focal"]
-
-  def _image_plane(out):
-    return image_plane_points(tf.cast(out["uv"], tf.float32), tf.cast(out["z"], tf.float32), focal)
-
   views = ((outputs0, batch["image0"], batch["mv0"]), (outputs1, batch["image1"], batch["mv1"]))
   xyz = [geometry.unproject(tf.cast(out["uvz"], tf.float32), focal) for out, _, _ in views]
+  separated = xyz  # the points the separation loss spreads: camera space (paper) or the image plane
+  if loss_config.separation_in_image:
+    separated = [image_plane_points(tf.cast(out["uv"], tf.float32), tf.cast(out["z"], tf.float32), focal)
+                 for out, _, _ in views]
   pose = pose_loss(xyz[0], xyz[1], geometry.relative_rotation(batch["mv0"], batch["mv1"]),
                    loss_config.pose_noise_stddev, generator)
   terms = {
       "pose": pose["angular"],
       "consistency": consistency_loss(outputs0["uvz"], outputs1["uvz"], batch["mv0"], batch["mvi0"],
                                       batch["mv1"], batch["mvi1"], focal),
-      "separation": tf.add_n([
-          separation_loss(_image_plane(out) if loss_config.separation_in_image else x, loss_config.separation_delta)
-          for out, x in zip((outputs0, outputs1), xyz)]),
+      "separation": tf.add_n([separation_loss(x, loss_config.separation_delta) for x in separated]),
       "silhouette": tf.add_n([silhouette_loss(out["prob"], image[..., 3] > 0) for out, image, _ in views]),
       "orientation": tf.add_n([orientation_loss(out["orientation"], mv, focal) for out, _, mv in views]),
       "variance": tf.add_n([variance_loss(out["prob"], out["uv"]) for out, _, _ in views]),
