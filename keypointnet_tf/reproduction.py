@@ -241,7 +241,7 @@ def write_report(output_dir, path, command):
   relative = os.path.relpath(output_dir, os.path.dirname(os.path.abspath(path)) or ".")
   methods = sorted({m for entry in stored.values() for m in entry["runs"] if not m.startswith("ablation")},
                    key=_method_order)
-  main_rows = [(f"{method} (procedural, CPU budget)",
+  main_rows = [(f"{method} (procedural, budget below)",
                 {c: stored[c]["runs"][method] for c in stored if method in stored[c]["runs"]}) for method in methods]
   lines = [
       "# Reproduction report",
@@ -264,7 +264,7 @@ def write_report(output_dir, path, command):
       *dict.fromkeys([entry.get("command") or command for entry in stored.values()]),
       "```",
       "",
-      "## Ours (procedural data, CPU budget)",
+      "## Ours (procedural data, the budget of each row below)",
       "",
       evaluation.markdown_table(main_rows, include_paper=False),
       "Budget of each row:",

@@ -108,8 +108,8 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert f"{ours['mean']:.3f} | {ours['median']:.3f} | {ours['3d_se']:.3f}" in text
   ours_section, paper_section = text.split("## The paper", 1)
   assert "| d) KeypointNet |" in paper_section and "| d) KeypointNet |" not in ours_section
-  assert f"| {anchored} (procedural, CPU budget) |" in ours_section
-  assert "| KeypointNet (procedural, CPU budget) |" in ours_section and "procedural" in text
+  assert f"| {anchored} (procedural, budget below) |" in ours_section
+  assert "| KeypointNet (procedural, budget below) |" in ours_section and "procedural" in text
   assert f"![planes, {anchored}](out/planes_keypointnet_anchor.png)" in text
   assert "![planes, KeypointNet](out/planes_keypointnet.png)" in text
   assert "| planes | keypoints_3 | N = 3 keypoints on KeypointNet |" in text
