@@ -53,6 +53,21 @@ def test_method_names_never_call_a_variant_keypointnet():
                                              "with pretrained O-Net")
 
 
+def test_presets_by_name():
+  label_free, label = config_lib.preset("cpu_label_free", "cars", gpu_visible=False)
+  assert label == "label-free CPU preset" and config_lib.method_name(label_free) == "KeypointNet"
+  assert label_free.loss == config_lib.LossConfig() and label_free.steps == 20_000 and label_free.jit_compile
+  # Everything else is the CPU preset's: size, data, optimiser, flag schedule.
+  assert dataclasses.replace(label_free, steps=8000, loss=config_lib.cpu_preset("cars").loss, anchor_steps=4000,
+                             jit_compile=False) == config_lib.cpu_preset("cars")
+  assert config_lib.preset("auto", "planes", gpu_visible=False) == (config_lib.cpu_preset("planes"), "CPU preset")
+  assert config_lib.preset("auto", "planes", gpu_visible=True) == (config_lib.TrainConfig(category="planes"),
+                                                                   "paper recipe")
+  assert config_lib.preset("cpu", "chairs", gpu_visible=True)[0] == config_lib.cpu_preset("chairs")
+  with pytest.raises(ValueError, match="preset must be one of"):
+    config_lib.preset("fast", "planes", gpu_visible=False)
+
+
 def test_method_configs_share_one_budget(tmp_path, tiny_planes):
   data_dir, name = tiny_planes
   configs = reproduction.method_configs(_tiny_base(data_dir, name), str(tmp_path))

@@ -29,7 +29,7 @@ from keypointnet_tf import reproduction
 from keypointnet_tf import training
 
 _CATEGORIES = flags.DEFINE_list("category", ["planes"], "Categories (cars, planes, chairs).")
-_PRESET = flags.DEFINE_enum("preset", "auto", ["auto", "cpu", "paper"],
+_PRESET = flags.DEFINE_enum("preset", "auto", list(config_lib.PRESETS),
                             "auto: the CPU preset when no GPU is visible, else the paper's recipe.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps of every run (default: the preset's).")
 _ABLATIONS = flags.DEFINE_list("ablations", [], "Ablations to train and evaluate with the same budget.")
@@ -50,10 +50,10 @@ def main(argv):
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  use_cpu = _PRESET.value == "cpu" or (_PRESET.value == "auto" and not tf.config.list_physical_devices("GPU"))
+  gpu_visible = bool(tf.config.list_physical_devices("GPU"))
   command = "python tools/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   for category in _CATEGORIES.value:
-    config = config_lib.cpu_preset(category) if use_cpu else config_lib.TrainConfig(category=category)
+    config, _ = config_lib.preset(_PRESET.value, category, gpu_visible)
     config = dataclasses.replace(config, data_dir=_DATA_DIR.value, steps=_STEPS.value or config.steps)
     try:
       reproduction.reproduce(config, _OUTPUT_DIR.value, _RUNS_DIR.value, _ABLATIONS.value, _MAX_PAIRS.value,

@@ -23,8 +23,9 @@ import tensorflow as tf
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import training
 
-_PRESET = flags.DEFINE_enum("preset", "auto", ["auto", "cpu", "paper"],
-                            "auto: the CPU preset when no GPU is visible, else the paper's recipe.")
+_PRESET = flags.DEFINE_enum("preset", "auto", list(config_lib.PRESETS),
+                            "auto: the CPU preset when no GPU is visible, else the paper's recipe. cpu_label_free: "
+                            "the paper's losses alone at the CPU preset's size, 20,000 steps.")
 _CATEGORY = flags.DEFINE_enum("category", "planes", ["cars", "planes", "chairs"], "Object category.")
 _INT_FLAGS = {name: flags.DEFINE_integer(name, None, help_text) for name, help_text in [
     ("steps", "Total training steps."), ("batch_size", "View pairs per replica."),
@@ -55,8 +56,7 @@ _JIT = flags.DEFINE_bool("jit_compile", None, "XLA-compile the train step.")
 
 
 def _config_from_flags():
-  use_cpu = _PRESET.value == "cpu" or (_PRESET.value == "auto" and not tf.config.list_physical_devices("GPU"))
-  config = config_lib.cpu_preset(_CATEGORY.value) if use_cpu else config_lib.TrainConfig(category=_CATEGORY.value)
+  config, preset = config_lib.preset(_PRESET.value, _CATEGORY.value, bool(tf.config.list_physical_devices("GPU")))
   top = {name: flag.value for name, flag in {**_INT_FLAGS, **_STR_FLAGS}.items()
          if flag.value is not None and name not in ("num_keypoints", "num_filters")}
   top.update({name: flag.value for name, flag in [("learning_rate", _FLOAT_FLAGS["learning_rate"]),
@@ -73,7 +73,7 @@ def _config_from_flags():
   config = dataclasses.replace(
       config, **top, model=dataclasses.replace(config.model, **model),
       loss=dataclasses.replace(config.loss, **loss, weights=dataclasses.replace(config.loss.weights, **weights)))
-  return config, "CPU preset" if use_cpu else "paper recipe"
+  return config, preset
 
 
 def main(argv):
