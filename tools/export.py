@@ -35,8 +35,8 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 2
   export.export_saved_model(net, output, config.image_size, geometry.focal_from_fov(_FOV.value))
-  print(f"SavedModel of {config_lib.method_name(config)} written to {output} (signatures: serving_default [encoded images], predict_images "
-        f"[float RGBA]); input size {config.image_size} px.")
+  print(f"SavedModel of {config_lib.method_name(config)} written to {output} (signatures: serving_default "
+        f"[encoded images], predict_images [float RGBA]); input size {config.image_size} px.")
   return 0
 
 

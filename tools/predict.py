@@ -88,8 +88,8 @@ def main(argv):
     prediction.write_gif(pictures, os.path.join(_OUTPUT.value, "turntable.gif"))
   for message in skipped:
     print(f"skipped: {message}")
-  print(f"Wrote {len(pictures)} pictures of {config_lib.method_name(config)} and contact_sheet.png to {_OUTPUT.value}"
-        + (f"; skipped {len(skipped)} unreadable file(s)." if skipped else "."))
+  print(f"Wrote {len(pictures)} pictures of {config_lib.method_name(config)} and contact_sheet.png to "
+        f"{_OUTPUT.value}" + (f"; skipped {len(skipped)} unreadable file(s)." if skipped else "."))
   return 0
 
 

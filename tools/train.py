@@ -1,4 +1,6 @@
-"""Trains KeypointNet (optionally with the CPU preset's axis-anchor warm-up) or the supervised baseline on shapenet_pairs or the paper's released TFRecords.
+"""Trains KeypointNet (the CPU preset adds the axis-anchor warm-up) or the supervised baseline.
+
+Data: shapenet_pairs or the paper's released TFRecords.
 
 Examples:
   python tools/train.py --category=planes                 # CPU preset on a machine without a GPU
