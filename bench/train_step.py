@@ -1,9 +1,11 @@
 """Train-step throughput of the CPU preset and the paper's full-size model, XLA off and on, as a fraction of
 the machine's matrix-multiply speed measured in the same run.
 
-Example (both models, XLA off and on; ~3 minutes on 2 CPU cores):
-  python bench/train_step.py
-  python bench/train_step.py --models=cpu --xla=false --steps=20
+Examples (2 CPU cores):
+  python bench/train_step.py                  # both models; XLA, dilated conv and batch norm each both ways
+  python bench/train_step.py --models=cpu --xla=false --dilated_conv=native --steps=20
+  python bench/train_step.py --models=cpu --xla=true --dilated_conv=native --batch_sizes=8,16,32,64,128 \
+      --json=/tmp/batch.json                  # pairs per second against batch size
 
 Each row times the real train step (`training.build_train_step`: both views, all six losses, the SVD, gradient
 all-reduce, clipping and the Adam update) on one constant batch, so the input pipeline is not part of it
@@ -31,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import bench_report
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import geometry
 from keypointnet_tf import model as model_lib
@@ -40,6 +43,12 @@ _MODELS = flags.DEFINE_list("models", ["cpu", "paper"], "Which configurations: c
 _XLA = flags.DEFINE_list("xla", ["false", "true"], "XLA settings to time (false, true).")
 _STEPS = flags.DEFINE_integer("steps", 0, "Timed steps per row (0: 20 for the CPU preset, 3 for paper).")
 _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "Side of the reference float32 matmul.")
+_DILATED = flags.DEFINE_list("dilated_conv", ["keras", "native"],
+                             "How the dilated convolutions are computed (model.DILATED_CONV_IMPLS).")
+_FUSED = flags.DEFINE_list("fused_batch_norm", ["false", "true"],
+                           "Batch norm through TensorFlow's fused kernel (true) or the Keras layer (false).")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", [], "View pairs per step to time (default: each preset's own).")
+_JSON = flags.DEFINE_string("json", "", "Also write the rows and the reference as JSON to this path.")
 
 
 def synthetic_batch(batch, size, num_keypoints=10, seed=0):
@@ -115,26 +124,41 @@ def main(argv):
   unknown = set(_MODELS.value) - set(presets)
   if unknown:
     raise app.UsageError(f"--models takes cpu and/or paper. Received: {sorted(unknown)}")
+  unknown = set(_DILATED.value) - set(model_lib.DILATED_CONV_IMPLS)
+  if unknown:
+    raise app.UsageError(f"--dilated_conv takes {model_lib.DILATED_CONV_IMPLS}. Received: {sorted(unknown)}")
   reference = matmul_flops_per_second(_MATMUL.value)
   rows = []
   for name in _MODELS.value:
-    for xla in _XLA.value:
-      config = dataclasses.replace(presets[name], jit_compile=xla.lower() == "true")
-      steps = _STEPS.value or (20 if name == "cpu" else 3)
-      seconds, net = time_train_step(config, steps)
-      flops = model_lib.forward_flops(config.image_size, config.model.num_filters, config.model.num_keypoints)
-      profiled = profiler_forward_flops(net, config.image_size)
-      step_flops = 3 * flops * 2 * config.batch_size
-      rows.append((name, config, xla, seconds, flops, profiled, step_flops / seconds))
+    for batch in [int(b) for b in _BATCH_SIZES.value] or [presets[name].batch_size]:
+      for xla in _XLA.value:
+        for impl, fused in [(i, f.lower() == "true") for i in _DILATED.value for f in _FUSED.value]:
+          model = dataclasses.replace(presets[name].model, dilated_conv=impl, fused_batch_norm=fused)
+          config = dataclasses.replace(presets[name], jit_compile=xla.lower() == "true", batch_size=batch,
+                                       model=model)
+          steps = _STEPS.value or (20 if name == "cpu" else 3)
+          seconds, net = time_train_step(config, steps)
+          flops = model_lib.forward_flops(config.image_size, config.model.num_filters, config.model.num_keypoints)
+          profiled = profiler_forward_flops(net, config.image_size)
+          step_flops = 3 * flops * 2 * config.batch_size
+          rows.append({"model": name, "image_size": config.image_size, "filters": config.model.num_filters,
+                       "pairs": batch, "xla": config.jit_compile, "dilated_conv": impl,
+                       "fused_batch_norm": fused, "seconds_per_step": seconds,
+                       "pairs_per_second": batch / seconds, "forward_gflop_per_image": flops / 1e9,
+                       "profiler_forward_gflop_per_image": profiled / 1e9, "gflop_per_second": step_flops / seconds / 1e9,
+                       "fraction_of_matmul": step_flops / seconds / reference})
   print(f"Reference: float32 {_MATMUL.value}x{_MATMUL.value} matmul, {reference / 1e9:.1f} GFLOP/s "
         f"({os.cpu_count()} CPUs)")
-  print("| model | image | filters | pairs | XLA | s/step | pairs/s | fwd GFLOP/image (analytic / TF profiler) "
-        "| achieved GFLOP/s | fraction of matmul |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  for name, config, xla, seconds, flops, profiled, rate in rows:
-    print(f"| {name} | {config.image_size} | {config.model.num_filters} | {config.batch_size} | {xla} | "
-          f"{seconds:.3f} | {config.batch_size / seconds:.1f} | {flops / 1e9:.3f} / {profiled / 1e9:.3f} | "
-          f"{rate / 1e9:.1f} | {rate / reference:.2f} |")
+  print("| model | image | filters | pairs | XLA | dilated conv | fused BN | s/step | pairs/s | fwd GFLOP/image (analytic / TF "
+        "profiler) | achieved GFLOP/s | fraction of matmul |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['model']} | {r['image_size']} | {r['filters']} | {r['pairs']} | {'on' if r['xla'] else 'off'} | "
+          f"{r['dilated_conv']} | {'yes' if r['fused_batch_norm'] else 'no'} | {r['seconds_per_step']:.3f} | {r['pairs_per_second']:.1f} | "
+          f"{r['forward_gflop_per_image']:.3f} / {r['profiler_forward_gflop_per_image']:.3f} | "
+          f"{r['gflop_per_second']:.1f} | {r['fraction_of_matmul']:.2f} |")
+  if _JSON.value:
+    bench_report.write_json(_JSON.value, "train_step", rows, matmul_gflop_per_second=reference / 1e9)
 
 
 if __name__ == "__main__":

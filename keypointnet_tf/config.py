@@ -17,6 +17,9 @@ class ModelConfig:
   camera_distance: float = 30.0  # Fixed depth bias: z_map = -camera_distance + conv_z.
   batch_norm_momentum: float = 0.999  # slim.batch_norm decay.
   sync_batch_norm: bool = False  # Batch statistics across replicas (the released code: per replica).
+  # How the dilated convolutions are computed (model.DILATED_CONV_IMPLS): same network and weights, any speed.
+  dilated_conv: str = "auto"
+  fused_batch_norm: bool = True  # TensorFlow's fused batch-norm kernel (same results as the Keras layer).
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,18 @@ def export_saved_model(net, path, image_size, focal):
     path: output directory (must not exist or be empty).
     image_size: int. Side the model was trained at; inputs are resized to it.
     focal: float. NDC focal length of the training camera (22.90 for the paper's 5 degrees).
+  The graph computes the dilated convolutions the Keras way (SpaceToBatch around Conv2D), which every TensorFlow
+  build runs, TF Serving's included; the op's own dilations need oneDNN or a GPU. The weights are the same.
   """
+  previous = net.dilated_conv
+  net.set_implementation(dilated_conv="keras")
+  try:
+    _write_archive(net, path, image_size, focal)
+  finally:
+    net.set_implementation(dilated_conv=previous)
+
+
+def _write_archive(net, path, image_size, focal):
   archive = keras.export.ExportArchive()
   archive.track(net)
 

@@ -107,3 +107,20 @@ def test_predict_request_for_the_signature(exported):
   decoded = tf.make_ndarray(request.inputs["images"])
   out = signature(images=tf.constant(decoded))
   assert out["uv"].shape == (1, 3, 2)
+
+
+def test_exported_graph_runs_on_any_tensorflow_build(exported):
+  """The SavedModel computes dilated convolutions the Keras way (SpaceToBatch around an undilated Conv2D), which
+  TensorFlow builds without oneDNN (TF Serving's CPU build among them) run; the exporting model is unchanged."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  net, path, _, _ = exported
+  proto = saved_model_pb2.SavedModel()
+  with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+    proto.ParseFromString(f.read())
+  graph = proto.meta_graphs[0].graph_def
+  nodes = list(graph.node) + [n for fn in graph.library.function for n in fn.node_def]
+  convs = [n for n in nodes if n.op == "Conv2D"]
+  dilations = {tuple(n.attr["dilations"].list.i) for n in convs}
+  assert convs and dilations <= {(), (1, 1, 1, 1)}, dilations
+  assert any(n.op == "SpaceToBatchND" for n in nodes)
+  assert net.dilated_conv == "auto"

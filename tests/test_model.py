@@ -147,6 +147,85 @@ def test_build_model_from_config():
   assert net.built and net.num_keypoints == 3
 
 
+def _conv_and_grads(fn, x, kernel):
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    if not isinstance(kernel, tf.Variable):
+      tape.watch(kernel)
+    y = fn(x, kernel)
+    loss = tf.reduce_sum(y * tf.sin(y))  # non-constant output gradient
+  return [y] + tape.gradient(loss, [x, kernel])
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 32, 5), (2, 16, 16, 3), (1, 12, 40, 3)])
+@pytest.mark.parametrize("rate", [1, 2, 4, 8, 16, 40])
+def test_native_dilated_conv_equals_keras_conv2d(shape, rate):
+  """Same outputs and gradients as keras.layers.Conv2D(dilation_rate=rate) from the same kernel, including rates
+  at or beyond the image side (taps skipped: 1x1 at 16 px and 40 px, 1x3 taps on the 12 x 40 image)."""
+  rng = np.random.default_rng(rate)
+  x = tf.constant(rng.normal(size=shape), tf.float32)
+  layer = keras.layers.Conv2D(6, 3, padding="same", dilation_rate=rate, use_bias=False)
+  layer.build(shape)
+  kernel = tf.constant(rng.normal(size=(3, 3, shape[-1], 6)), tf.float32)
+  layer.kernel.assign(kernel)
+  expected = _conv_and_grads(lambda x, k: layer(x), x, layer.kernel.value)  # the layer's tf.Variable
+  if not model_lib.native_dilation_supported():  # then asking for it must say so, and "auto" must fall back
+    with pytest.raises(ValueError, match="dilated_conv='native' needs"):
+      model_lib.resolve_dilated_conv("native")
+    assert model_lib.resolve_dilated_conv("auto") == "keras"
+    return
+  got = _conv_and_grads(lambda x, k: model_lib.dilated_conv3x3(x, k, rate), x, kernel)
+  for name, a, b in zip(["output", "input gradient", "kernel gradient"], got, expected):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4 * np.abs(b.numpy()).max(),
+                               err_msg=name)
+
+
+def test_fast_implementation_computes_the_same_network():
+  """Keras layers everywhere (dilated Conv2D, BatchNormalization) against the defaults (native dilations where
+  supported, the fused batch-norm kernel), same weights: training-mode outputs, every gradient, the moving
+  statistics after the step, and inference outputs agree."""
+  batch = _fake_batch(32)
+  results = {}
+  for name, kwargs in (("keras", dict(dilated_conv="keras", fused_batch_norm=False)), ("fast", {})):
+    keras.utils.set_random_seed(4)
+    net = model_lib.KeypointNet(num_keypoints=NUM_KP, num_filters=FILTERS, batch_norm_momentum=0.5, **kwargs)
+    net(batch["image0"])
+    with tf.GradientTape() as tape:
+      out = net(batch["image0"], geometry.orientation_flag_from_mv(batch["mv0"]), training=True)
+      loss = tf.reduce_sum(out["uvz"] ** 2) + tf.reduce_sum(out["orientation"] ** 2)
+    grads = tape.gradient(loss, net.trainable_variables)
+    moving = [v for v in net.non_trainable_variables if "moving" in v.path]
+    results[name] = [out["uvz"], out["orientation"]] + grads + moving + [net(batch["image1"])["uvz"]]
+  assert len(moving) == 2 * 2 * 12
+  assert len(results["fast"]) == len(results["keras"])
+  # Some gradients are zero in exact arithmetic (a constant shift of a softmax head's bias), so float noise is
+  # judged against the largest gradient.
+  gradient_scale = max(np.abs(np.asarray(g)).max() for g in results["keras"][2:2 + len(grads)])
+  for i, (a, b) in enumerate(zip(results["fast"], results["keras"])):
+    a, b = np.asarray(a), np.asarray(b)
+    scale = gradient_scale if 2 <= i < 2 + len(grads) else np.abs(b).max()
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale + 1e-7, err_msg=str(i))
+
+
+def test_switching_implementation_keeps_outputs():
+  keras.utils.set_random_seed(5)
+  net = model_lib.KeypointNet(num_keypoints=NUM_KP, num_filters=FILTERS, dilated_conv="keras")
+  images = _images(32, seed=6)
+  before = net(images)["uvz"].numpy()
+  assert net.keypoint_backbone._impl == "keras"  # pylint: disable=protected-access
+  net.set_implementation(dilated_conv="auto", fused_batch_norm=False)
+  assert net.keypoint_backbone._impl == model_lib.resolve_dilated_conv("auto")  # pylint: disable=protected-access
+  assert not net.orientation_backbone.fused_batch_norm
+  np.testing.assert_allclose(net(images)["uvz"].numpy(), before, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_dilated_conv_name():
+  with pytest.raises(ValueError, match="dilated_conv must be one of"):
+    model_lib.KeypointNet(dilated_conv="fast")
+  with pytest.raises(ValueError, match="dilated_conv must be one of"):
+    model_lib.build_model(config.ModelConfig(num_keypoints=3, num_filters=4, dilated_conv="cuda"), image_size=32)
+
+
 @pytest.mark.parametrize("size,filters,num_kp", [(32, 16, 10), (48, 32, 5)])
 def test_forward_flops_match_tensorflow_profiler(size, filters, num_kp):
   """The analytic count used by bench/train_step.py against TensorFlow's own graph profiler."""
