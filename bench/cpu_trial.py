@@ -6,7 +6,9 @@ ground-truth part. Examples:
   python bench/cpu_trial.py --name=paper_losses --overrides='{"loss": {"weights": {"anchor": 0.0}}}'
   python bench/cpu_trial.py --name=long --overrides='{"steps": 50000, "loss": {"weights": {"anchor": 0.0}}}' \
       --eval_at=5000,8000,10000,15000,20000,25000,30000,35000,40000,45000,50000
---overrides is JSON merged field by field into config.cpu_preset(--category) (nested for "model" and "loss").
+  python bench/cpu_trial.py --name=label_free_seed1 --preset=cpu_label_free --overrides='{"seed": 1}'
+--overrides is JSON merged field by field into the --preset's config for --category (nested for "model" and
+"loss"); --preset is cpu (the default) or cpu_label_free.
 --eval_at trains to each step in turn (the run resumes between them), evaluates there and keeps a copy of that
 checkpoint in <run>/milestones/; the final step (config steps) is always evaluated. Every evaluation is appended as
 one JSON line to --results (with the trial's name, step, overrides, training seconds and the command), and printed.
@@ -32,7 +34,8 @@ from keypointnet_tf import training
 _NAME = flags.DEFINE_string("name", "trial", "Trial name; the run goes to --runs_dir/<name>.")
 _RUNS = flags.DEFINE_string("runs_dir", "/tmp/cpu_trials", "Where trial runs go.")
 _CATEGORY = flags.DEFINE_enum("category", "planes", ["cars", "planes", "chairs"], "Category.")
-_OVERRIDES = flags.DEFINE_string("overrides", "{}", "JSON merged into the CPU preset.")
+_PRESET = flags.DEFINE_enum("preset", "cpu", ["cpu", "cpu_label_free"], "The preset the overrides apply to.")
+_OVERRIDES = flags.DEFINE_string("overrides", "{}", "JSON merged into the preset.")
 _DATA = flags.DEFINE_string("data_dir", "", "TFDS data dir.")
 _EVAL_PAIRS = flags.DEFINE_integer("eval_pairs", None, "Test pairs to evaluate (default: the whole split).")
 _EVAL_AT = flags.DEFINE_list("eval_at", [], "Steps at which to evaluate besides the last one.")
@@ -67,7 +70,7 @@ def _rounded(values):
 def main(argv):
   del argv
   overrides = json.loads(_OVERRIDES.value)
-  config = merge(config_lib.cpu_preset(_CATEGORY.value), overrides)
+  config = merge(config_lib.preset(_PRESET.value, _CATEGORY.value, gpu_visible=False)[0], overrides)
   config = dataclasses.replace(config, model_dir=os.path.join(_RUNS.value, _NAME.value), data_dir=_DATA.value)
   milestones = sorted({int(s) for s in _EVAL_AT.value if int(s) < config.steps} | {config.steps})
   for step in milestones:
@@ -80,7 +83,8 @@ def main(argv):
     _keep_milestone(config.model_dir, step)
     row, _ = evaluation.evaluate_run(config.model_dir, "test", max_pairs=_EVAL_PAIRS.value)
     row.pop("errors")
-    record = {"name": _NAME.value, "category": config.category, "step": step, "overrides": overrides,
+    record = {"name": _NAME.value, "category": config.category, "step": step, "preset": _PRESET.value,
+              "overrides": overrides,
               "train_seconds_this_leg": train_seconds, **_rounded(row),
               "command": " ".join(sys.argv)}
     print("TRAIN", json.dumps(_rounded(result)), flush=True)

@@ -20,6 +20,7 @@ matmul timed in the same process: "fraction" = achieved FLOP/s / matmul FLOP/s.
 """
 
 import dataclasses
+import importlib.util
 import os
 import statistics
 import time
@@ -36,6 +37,7 @@ import tensorflow as tf
 import bench_report
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import geometry
+from keypointnet_tf import losses
 from keypointnet_tf import model as model_lib
 from keypointnet_tf import training
 
@@ -48,6 +50,8 @@ _DILATED = flags.DEFINE_list("dilated_conv", ["keras", "native"],
 _FUSED = flags.DEFINE_list("fused_batch_norm", ["false", "true"],
                            "Batch norm through TensorFlow's fused kernel (true) or the Keras layer (false).")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", [], "View pairs per step to time (default: each preset's own).")
+_PEER = flags.DEFINE_bool("peer", True, "Also time the same step in PyTorch (bench/torch_peer.py) when torch is "
+                          "installed, and check that its loss equals ours on one batch.")
 _JSON = flags.DEFINE_string("json", "", "Also write the rows and the reference as JSON to this path.")
 
 
@@ -117,6 +121,35 @@ def time_train_step(config, steps):
   return statistics.median(times), net
 
 
+def time_torch_step(config, steps):
+  """Median seconds of bench/torch_peer.py's train step for `config`'s size, and the loss check on one batch."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_peer  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  batch_np = synthetic_batch(config.batch_size, config.image_size, config.model.num_keypoints)
+  for key in ("image0", "image1"):  # a silhouette that is neither empty nor full
+    batch_np[key][..., 3] = batch_np[key][..., 3] > 0.5
+  # The port's check: same weights, same batch, no pose noise -> the same loss as losses.total_loss.
+  tf_net = model_lib.build_model(config.model, image_size=config.image_size)
+  tf_batch = {k: tf.constant(v) for k, v in batch_np.items()}
+  outs = [tf_net(tf_batch["image" + v], tf_batch["orientation_flag" + v], flag_mix=1.0, training=True)
+          for v in ("0", "1")]
+  tf_loss = losses.total_loss(outs[0], outs[1], tf_batch, config_lib.LossConfig(pose_noise_stddev=0.0))["total"]
+  torch_loss, tf_loss = torch_peer.step_loss_matches_tensorflow(tf_net, batch_np, tf_loss)
+  net = torch_peer.KeypointNet(config.model.num_keypoints, config.model.num_filters,
+                               config.model.camera_distance, config.model.batch_norm_momentum)
+  step = torch_peer.make_step(net, config.learning_rate, config.clip_norm)
+  batch = torch_peer.to_torch_batch(batch_np)
+  step(batch)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    float(step(batch))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), torch_loss, tf_loss, torch.__version__
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # the v1 profiler's deprecation warnings
@@ -147,16 +180,38 @@ def main(argv):
                        "pairs_per_second": batch / seconds, "forward_gflop_per_image": flops / 1e9,
                        "profiler_forward_gflop_per_image": profiled / 1e9, "gflop_per_second": step_flops / seconds / 1e9,
                        "fraction_of_matmul": step_flops / seconds / reference})
+      if _PEER.value and importlib.util.find_spec("torch") is not None:
+        peer_config = dataclasses.replace(presets[name], batch_size=batch)
+        seconds, torch_loss, tf_loss, version = time_torch_step(peer_config, steps)
+        rows.append({"model": name, "image_size": config.image_size, "filters": config.model.num_filters,
+                     "pairs": batch, "framework": f"PyTorch {version}", "seconds_per_step": seconds,
+                     "pairs_per_second": batch / seconds, "gflop_per_second": step_flops / seconds / 1e9,
+                     "fraction_of_matmul": step_flops / seconds / reference, "loss_torch": torch_loss,
+                     "loss_tensorflow": tf_loss})
   print(f"Reference: float32 {_MATMUL.value}x{_MATMUL.value} matmul, {reference / 1e9:.1f} GFLOP/s "
         f"({os.cpu_count()} CPUs)")
   print("| model | image | filters | pairs | XLA | dilated conv | fused BN | s/step | pairs/s | fwd GFLOP/image (analytic / TF "
         "profiler) | achieved GFLOP/s | fraction of matmul |")
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  notes = []
   for r in rows:
+    if "framework" in r:
+      ours = min(o["seconds_per_step"] for o in rows
+                 if "framework" not in o and o["model"] == r["model"] and o["pairs"] == r["pairs"])
+      r["ours_fastest_speedup"] = r["seconds_per_step"] / ours
+      print(f"| {r['model']} | {r['image_size']} | {r['filters']} | {r['pairs']} | {r['framework']} | | | "
+            f"{r['seconds_per_step']:.3f} | {r['pairs_per_second']:.1f} | | {r['gflop_per_second']:.1f} | "
+            f"{r['fraction_of_matmul']:.2f} |")
+      notes.append(f"{r['model']}, {r['pairs']} pairs: our fastest row runs {r['ours_fastest_speedup']:.2f}x the "
+                   f"PyTorch peer's speed. Port check (same weights and batch, no pose noise): PyTorch loss "
+                   f"{r['loss_torch']:.6f}, ours {r['loss_tensorflow']:.6f}.")
+      continue
     print(f"| {r['model']} | {r['image_size']} | {r['filters']} | {r['pairs']} | {'on' if r['xla'] else 'off'} | "
           f"{r['dilated_conv']} | {'yes' if r['fused_batch_norm'] else 'no'} | {r['seconds_per_step']:.3f} | {r['pairs_per_second']:.1f} | "
           f"{r['forward_gflop_per_image']:.3f} / {r['profiler_forward_gflop_per_image']:.3f} | "
           f"{r['gflop_per_second']:.1f} | {r['fraction_of_matmul']:.2f} |")
+  for note in notes:
+    print(note)
   if _JSON.value:
     bench_report.write_json(_JSON.value, "train_step", rows, matmul_gflop_per_second=reference / 1e9)
 

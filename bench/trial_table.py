@@ -4,7 +4,7 @@ Examples:
   python bench/trial_table.py reproduction/trials.jsonl                              # print the rows
   python bench/trial_table.py reproduction/trials.jsonl reproduction/trials.md       # rewrite the table there
 Prints one row per evaluation in file order: trial, method name, step, pairs seen, mean / median angular error,
-3D-SE, DAS, keypoints near a part, shares under 30 and over 90 degrees, training minutes of that leg, overrides.
+3D-SE, DAS, keypoints near a part, shares under 30 and over 90 degrees, training minutes of that leg, preset, overrides.
 """
 
 import json
@@ -18,21 +18,22 @@ from keypointnet_tf import config as config_lib  # pylint: disable=g-import-not-
 
 
 def method(record):
-  """The run's reported name, from the trial's overrides applied to the CPU preset of its category."""
-  config = cpu_trial.merge(config_lib.cpu_preset(record["category"]), record["overrides"])
+  """The run's reported name, from the trial's overrides applied to its preset (cpu when not recorded)."""
+  base, _ = config_lib.preset(record.get("preset", "cpu"), record["category"], gpu_visible=False)
+  config = cpu_trial.merge(base, record["overrides"])
   return config_lib.method_name(config), config.batch_size
 
 
 def rows(records):
   yield ("| trial | method | category | step | pairs seen | mean | median | 3D-SE | DAS | near a part | < 30 deg | "
-         "> 90 deg | leg minutes | overrides of the CPU preset |")
-  yield "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+         "> 90 deg | leg minutes | preset | overrides of the preset |")
+  yield "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for r in records:
     name, batch = method(r)
     yield (f"| {r['name']} | {name} | {r['category']} | {r['step']:,} | {r['step'] * batch / 1000:.0f}k | "
            f"{r['mean']:.1f} | {r['median']:.1f} | {r['3d_se']:.3f} | {r.get('das', float('nan')):.3f} | "
            f"{r.get('near_part', float('nan')):.1%} | {r['under_30']:.1%} | {r['over_90']:.1%} | "
-           f"{r['train_seconds_this_leg'] / 60:.1f} | `{json.dumps(r['overrides'])}` |")
+           f"{r['train_seconds_this_leg'] / 60:.1f} | {r.get('preset', 'cpu')} | `{json.dumps(r['overrides'])}` |")
 
 
 BEGIN, END = "<!-- trial rows: bench/trial_table.py -->", "<!-- end of trial rows -->"

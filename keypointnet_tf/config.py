@@ -118,15 +118,13 @@ def cpu_preset(category="planes"):
 def cpu_label_free_preset(category="planes"):
   """The paper's losses alone at the CPU preset's size, run long enough to leave chance: "KeypointNet".
 
-  `cpu_preset` without the anchor (the released code's six losses, weights, pose noise and separation threshold),
-  20,000 steps instead of 8,000, and the train step compiled with XLA (the same computation, about 1.4x faster on a
-  CPU). Measured on planes (reproduction/trials.md, the long run `long_paper_losses`, whose schedules are this
+  `cpu_preset` without the anchor (the released code's six losses, weights, pose noise and separation threshold)
+  and 20,000 steps instead of 8,000. Measured on planes (reproduction/trials.md, the long run `long_paper_losses`, whose schedules are this
   preset's): at chance to step 8,000, then the test median falls (71.2 degrees at 10,000, 25.4 at 15,000, 12.7 at
   20,000 with a mean of 17.0). Not the default CPU preset: 20,000 steps took about 55 minutes on a 2-core machine
   (88 GFLOP/s matmul), over the README main job's 30-minute budget.
   """
-  return dataclasses.replace(cpu_preset(category), steps=20_000, loss=LossConfig(), anchor_steps=0,
-                             jit_compile=True)
+  return dataclasses.replace(cpu_preset(category), steps=20_000, loss=LossConfig(), anchor_steps=0)
 
 
 PRESETS = ("auto", "cpu", "cpu_label_free", "paper")

@@ -56,7 +56,7 @@ def test_method_names_never_call_a_variant_keypointnet():
 def test_presets_by_name():
   label_free, label = config_lib.preset("cpu_label_free", "cars", gpu_visible=False)
   assert label == "label-free CPU preset" and config_lib.method_name(label_free) == "KeypointNet"
-  assert label_free.loss == config_lib.LossConfig() and label_free.steps == 20_000 and label_free.jit_compile
+  assert label_free.loss == config_lib.LossConfig() and label_free.steps == 20_000
   # Everything else is the CPU preset's: size, data, optimiser, flag schedule.
   assert dataclasses.replace(label_free, steps=8000, loss=config_lib.cpu_preset("cars").loss, anchor_steps=4000,
                              jit_compile=False) == config_lib.cpu_preset("cars")
