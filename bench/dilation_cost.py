@@ -1,9 +1,11 @@
-"""What the dilated convolutions cost on this machine: the keypoint backbone against the same backbone with every
-dilation rate set to 1 (identical FLOPs), forward + backward on 16 images (one CPU-preset step's worth).
+"""What the dilated convolutions cost on this machine: the keypoint backbone, its dilated layers computed the Keras
+way (SpaceToBatch around Conv2D) and through the Conv2D op's own dilations, against the same backbone with every
+dilation rate set to 1 (identical FLOPs); forward + backward on 16 images (one CPU-preset step's worth), Keras
+batch norm in all three.
 
 Example:
-  python bench/dilation_cost.py
-Prints one table: milliseconds per forward + backward pass for each, and their ratio, measured in one run.
+  python bench/dilation_cost.py [--json=PATH]
+Prints one table: milliseconds per forward + backward pass for each, and their ratios, measured in one run.
 """
 
 import os
@@ -13,16 +15,22 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
 import tensorflow as tf
+
+import bench_report
 
 from keypointnet_tf import model as model_lib
 
 
-def _time_backbone(rates, size, filters, batch=16, repeats=20):
+_JSON = flags.DEFINE_string("json", "", "Also write the rows as JSON to this path.")
+
+
+def _time_backbone(rates, size, filters, dilated_conv, batch=16, repeats=20):
   saved = model_lib.DILATION_RATES
   model_lib.DILATION_RATES = rates  # read when the backbone creates its layers
   try:
-    backbone = model_lib.DilatedBackbone(filters)
+    backbone = model_lib.DilatedBackbone(filters, dilated_conv=dilated_conv, fused_batch_norm=False)
   finally:
     model_lib.DILATION_RATES = saved
   images = tf.random.normal([batch, size, size, 4])
@@ -45,12 +53,22 @@ def _time_backbone(rates, size, filters, batch=16, repeats=20):
 
 def main(argv):
   del argv
-  print("| image | filters | dilated (ms) | all rates 1 (ms) | ratio |")
-  print("|---|---|---|---|---|")
+  rows = []
   for size, filters, repeats in ((32, 16, 20), (128, 64, 3)):
-    dilated = _time_backbone(model_lib.DILATION_RATES, size, filters, repeats=repeats)
-    plain = _time_backbone((1,) * len(model_lib.DILATION_RATES), size, filters, repeats=repeats)
-    print(f"| {size} | {filters} | {1000 * dilated:.1f} | {1000 * plain:.1f} | {dilated / plain:.2f} |")
+    row = {"image_size": size, "filters": filters}
+    for name, rates, impl in (("keras_ms", model_lib.DILATION_RATES, "keras"),
+                              ("native_ms", model_lib.DILATION_RATES, "native"),
+                              ("rates_1_ms", (1,) * len(model_lib.DILATION_RATES), "keras")):
+      row[name] = 1000 * _time_backbone(rates, size, filters, impl, repeats=repeats)
+    rows.append(row)
+  print("| image | filters | dilated, Keras (ms) | dilated, native (ms) | all rates 1 (ms) | Keras / rates 1 | "
+        "native / rates 1 |")
+  print("|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['image_size']} | {r['filters']} | {r['keras_ms']:.1f} | {r['native_ms']:.1f} | "
+          f"{r['rates_1_ms']:.1f} | {r['keras_ms'] / r['rates_1_ms']:.2f} | {r['native_ms'] / r['rates_1_ms']:.2f} |")
+  if _JSON.value:
+    bench_report.write_json(_JSON.value, "dilation_cost", rows)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,8 @@ class DilatedBackbone(keras.layers.Layer):
       self.fused_batch_norm = bool(fused_batch_norm)
 
   def call(self, x, training=False):
-    for rate, conv, norm in zip(DILATION_RATES, self.convs, self.norms):
+    for conv, norm in zip(self.convs, self.norms):
+      rate = conv.dilation_rate[0]
       if rate == 1 or self._impl == "keras":
         x = conv(x)
       else:

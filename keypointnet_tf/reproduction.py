@@ -102,8 +102,7 @@ def _same_training(a, b):
   their defaults.
   """
   a, b = (training.config_to_dict(training.config_from_dict(c)) for c in (a, b))
-  return ({k: v for k, v in a.items() if k not in _SETTINGS} ==
-          {k: v for k, v in b.items() if k not in _SETTINGS})
+  return training.training_settings(a, _SETTINGS) == training.training_settings(b, _SETTINGS)
 
 
 def _train_and_evaluate(config, max_pairs):

@@ -27,6 +27,19 @@ CONFIG_FILE = "config.json"
 # Fields that may differ between a run and its resumption (they do not change what is being trained).
 RESUMABLE_FIELDS = ("steps", "model_dir", "data_dir", "log_every", "image_summary_every", "checkpoint_every",
                      "checkpoint_every_secs", "keep_checkpoints", "strategy", "jit_compile", "released_dir")
+# ModelConfig fields that choose how the same network is computed (model.DILATED_CONV_IMPLS), not what is trained.
+IMPLEMENTATION_FIELDS = ("dilated_conv", "fused_batch_norm")
+
+
+def training_settings(config_dict, ignore=RESUMABLE_FIELDS):
+  """A config dict without the fields in `ignore` and without the model's implementation fields.
+
+  Two runs whose training_settings are equal train the same network on the same data with the same recipe.
+  """
+  settings = {k: v for k, v in config_dict.items() if k not in ignore}
+  if isinstance(settings.get("model"), dict):
+    settings["model"] = {k: v for k, v in settings["model"].items() if k not in IMPLEMENTATION_FIELDS}
+  return settings
 
 
 class TrainingError(RuntimeError):
@@ -107,8 +120,8 @@ def _write_or_check_config(config):
   if has_checkpoint and tf.io.gfile.exists(path):  # a run that never saved can be restarted with any settings
     with tf.io.gfile.GFile(path) as f:
       saved = config_to_dict(config_from_dict(json.load(f)))  # fields added since then get their defaults
-    conflicts = {key: (saved.get(key), value) for key, value in current.items()
-                 if key not in RESUMABLE_FIELDS and saved.get(key) != json.loads(json.dumps(value))}
+    mine, theirs = training_settings(json.loads(json.dumps(current))), training_settings(saved)
+    conflicts = {key: (theirs.get(key), value) for key, value in mine.items() if theirs.get(key) != value}
     if conflicts:
       lines = "\n".join(f"  {key}: saved {old!r}, now {new!r}" for key, (old, new) in sorted(conflicts.items()))
       raise TrainingError(

@@ -55,6 +55,10 @@ _STRATEGY = flags.DEFINE_enum("strategy", None, ["auto", "default", "mirrored", 
                               "tf.distribute strategy.")
 _MIXED = flags.DEFINE_bool("mixed_precision", None, "mixed_bfloat16 compute.")
 _JIT = flags.DEFINE_bool("jit_compile", None, "XLA-compile the train step.")
+_DILATED = flags.DEFINE_enum("dilated_conv", None, ["auto", "keras", "native"],
+                             "How the dilated convolutions are computed (same network; auto: the op's own dilations "
+                             "on CPUs with oneDNN, the Keras layer on GPUs).")
+_FUSED_BN = flags.DEFINE_bool("fused_batch_norm", None, "Batch norm through TensorFlow's fused kernel (same results).")
 
 
 def _config_from_flags():
@@ -67,6 +71,8 @@ def _config_from_flags():
               if flag.value is not None})
   model = {name: _INT_FLAGS[name].value for name in ("num_keypoints", "num_filters")
            if _INT_FLAGS[name].value is not None}
+  model.update({name: flag.value for name, flag in [("dilated_conv", _DILATED), ("fused_batch_norm", _FUSED_BN)]
+                if flag.value is not None})
   loss = {key: _FLOAT_FLAGS[name].value for name, key in [("noise", "pose_noise_stddev"),
                                                           ("separation_delta", "separation_delta")]
           if _FLOAT_FLAGS[name].value is not None}
