@@ -172,6 +172,23 @@ def test_procedural_builds_are_deterministic_with_disjoint_splits(tmp_path):
   assert not (ids["train"] & ids["validation"] or ids["train"] & ids["test"] or ids["validation"] & ids["test"])
 
 
+def test_extra_training_objects_keep_the_other_splits():
+  """extra_train_models adds objects after every split's range: train grows, validation and test stay the same."""
+  plain = builder_lib.procedural_indices((3, 1, 2))
+  assert plain == {"train": [0, 1, 2], "validation": [3], "test": [4, 5]}
+  more = builder_lib.procedural_indices((3, 1, 2), extra_train_models=4)
+  assert more == {"train": [0, 1, 2, 6, 7, 8, 9], "validation": [3], "test": [4, 5]}
+  with pytest.raises(ValueError, match="must be >= 0"):
+    builder_lib.procedural_indices((3, 1, 2), extra_train_models=-1)
+  # The named x10 configs are their _small configs with 1,800 more training objects.
+  configs = {c.name: c for c in builder_lib.Builder.BUILDER_CONFIGS}
+  for category in ("cars", "planes", "chairs"):
+    small, x10 = configs[f"{category}_small"], configs[f"{category}_small_x10"]
+    assert (x10.image_size, x10.pairs_per_model, x10.num_models) == (small.image_size, small.pairs_per_model,
+                                                                      small.num_models)
+    assert x10.extra_train_models == 1800 and small.extra_train_models == 0
+
+
 def _write_obj(path, vertices, faces):
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text("".join(f"v {x} {y} {z}\n" for x, y, z in vertices) +

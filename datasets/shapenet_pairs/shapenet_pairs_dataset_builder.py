@@ -42,6 +42,8 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
     camera_distance: float. Camera distance from the object centre (30).
     shift: float. Uniform camera position jitter per axis (0.2).
     roll: bool. Random roll in [-90, 90] degrees about the viewing axis (off by default).
+    extra_train_models: int. Procedural objects added to the training split after every split's range, so the
+      validation and test splits (objects and views) stay those of the config with 0 (`procedural_indices`).
   """
   category: str = "planes"
   image_size: int = 128
@@ -51,6 +53,28 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
   camera_distance: float = 30.0
   shift: float = 0.2
   roll: bool = False
+  extra_train_models: int = 0
+
+
+def procedural_indices(num_models, extra_train_models=0):
+  """Procedural object indices per split: consecutive disjoint ranges in SPLITS order, then the extra training
+  objects after all of them.
+
+  Args:
+    num_models: (train, validation, test) counts.
+    extra_train_models: int >= 0.
+  Returns:
+    {split: list of int}.
+  """
+  if extra_train_models < 0 or any(count < 0 for count in num_models):
+    raise ValueError(f"Model counts must be >= 0. Received: num_models={num_models}, "
+                     f"extra_train_models={extra_train_models}")
+  indices, start = {}, 0
+  for split, count in zip(SPLITS, num_models):
+    indices[split] = list(range(start, start + count))
+    start += count  # disjoint index ranges: splits never share an object
+  indices[SPLITS[0]] += list(range(start, start + extra_train_models))
+  return indices
 
 
 def _configs():
@@ -64,6 +88,11 @@ def _configs():
         name=f"{category}_small", category=category, image_size=64, pairs_per_model=8, num_models=(200, 20, 40),
         description=f"{category} at 64 px, 8 pairs per model; procedural default 200 / 20 / 40 models "
                     "(for quick experiments and CPU smoke runs)."))
+    configs.append(ShapenetPairsConfig(
+        name=f"{category}_small_x10", category=category, image_size=64, pairs_per_model=8,
+        num_models=(200, 20, 40), extra_train_models=1800,
+        description=f"{category}_small with 10x the training objects (2,000); its validation and test splits "
+                    f"are {category}_small's, object for object and view for view."))
   return configs
 
 
@@ -164,13 +193,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       logging.info("shapenet_pairs: ShapeNetCore source at %s: %s", root,
                    {split: len(models) for split, models in sources.items()})
     else:
-      sources = {}
-      start = 0
-      for split, count in zip(SPLITS, config.num_models):
-        sources[split] = [(f"procedural-{config.category}-{index:06d}",
-                           {"kind": "procedural", "category": config.category, "index": index})
-                          for index in range(start, start + count)]
-        start += count  # disjoint index ranges: splits never share an object
+      sources = {split: [(f"procedural-{config.category}-{index:06d}",
+                          {"kind": "procedural", "category": config.category, "index": index})
+                         for index in indices]
+                 for split, indices in procedural_indices(config.num_models, config.extra_train_models).items()}
     empty = [split for split, models in sources.items() if not models]
     if len(empty) == len(sources):
       raise ValueError(f"shapenet_pairs/{config.name}: no models to render in any split.")
