@@ -176,7 +176,7 @@ def test_native_dilated_conv_equals_keras_conv2d(shape, rate):
     return
   got = _conv_and_grads(lambda x, k: model_lib.dilated_conv3x3(x, k, rate), x, kernel)
   for name, a, b in zip(["output", "input gradient", "kernel gradient"], got, expected):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4 * np.abs(b.numpy()).max(),
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5 * np.abs(b.numpy()).max(),
                                err_msg=name)
 
 
