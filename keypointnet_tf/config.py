@@ -120,8 +120,8 @@ def cpu_label_free_preset(category="planes"):
 
   `cpu_preset` without the anchor (the released code's six losses, weights, pose noise and separation threshold)
   and 20,000 steps instead of 8,000. Measured on planes (reproduction/trials.md): every run is at or near chance
-  at step 10,000 (test median 71-87 degrees) and some leave it later, at a step that varies from run to run. Of four runs evaluated at 20,000 steps, two
-  were under 20 degrees on the test split (median 12.7 on planes_small, 17.6 on planes_small_x10) and two at
+  at step 10,000 (test median 71-87 degrees) and some leave it later, at a step that varies from run to run. Of five runs evaluated at 20,000 steps, three
+  were under 20 degrees on the test split (medians 12.7 and 12.3 on planes_small, 17.6 on planes_small_x10) and two at
   chance (one had fitted its training pairs, median 25.5 there, without generalising). Not the default CPU preset
   for that reason; about 21 minutes in all on a 2-core machine (planes_small, data included).
   """
