@@ -55,10 +55,14 @@ def native_dilation_supported():
       return False
 
 
-def resolve_dilated_conv(impl):
-  """Maps "auto" to the implementation used on this machine; checks the name. Returns "keras" or "native"."""
+def _check_dilated_conv(impl):
   if impl not in DILATED_CONV_IMPLS:
     raise ValueError(f"dilated_conv must be one of {DILATED_CONV_IMPLS}. Received: dilated_conv={impl!r}")
+
+
+def resolve_dilated_conv(impl):
+  """Maps "auto" to the implementation used on this machine; checks the name. Returns "keras" or "native"."""
+  _check_dilated_conv(impl)
   if impl == "keras":
     return impl
   supported = native_dilation_supported()
@@ -107,8 +111,7 @@ class DilatedBackbone(keras.layers.Layer):
   def __init__(self, num_filters, batch_norm_momentum=0.999, sync_batch_norm=False, dilated_conv="auto",
                fused_batch_norm=True, **kwargs):
     super().__init__(**kwargs)
-    if dilated_conv not in DILATED_CONV_IMPLS:
-      raise ValueError(f"dilated_conv must be one of {DILATED_CONV_IMPLS}. Received: dilated_conv={dilated_conv!r}")
+    _check_dilated_conv(dilated_conv)
     self.num_filters = num_filters
     self.dilated_conv = dilated_conv
     self.fused_batch_norm = bool(fused_batch_norm)
