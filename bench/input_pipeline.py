@@ -27,6 +27,7 @@ import tensorflow as tf
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import input_pipeline
 from keypointnet_tf import model as model_lib
+from keypointnet_tf import runs
 from keypointnet_tf import training
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data directory (default: $TFDS_DATA_DIR or "
@@ -52,7 +53,7 @@ def main(argv):
       config, dataset_config=_DATASET.value, data_dir=_DATA_DIR.value,
       image_size=_IMAGE.value or config.image_size,
       model=dataclasses.replace(config.model, num_filters=_FILTERS.value or config.model.num_filters))
-  source = training.dataset_source(config)
+  source = runs.dataset_source(config)
   dataset = input_pipeline.make_dataset(source, "train", config.batch_size, image_size=config.image_size)
   dataset = dataset.map(lambda batch: {k: v for k, v in batch.items() if k != "model_id"})
   iterator = iter(dataset)

@@ -18,7 +18,7 @@ import numpy as np
 
 from keypointnet_tf import geometry
 from keypointnet_tf import input_pipeline
-from keypointnet_tf import training
+from keypointnet_tf import runs
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 _PAIRS = flags.DEFINE_integer("pairs", 64, "Test pairs (view 0 of each).")
@@ -26,8 +26,8 @@ _PAIRS = flags.DEFINE_integer("pairs", 64, "Test pairs (view 0 of each).")
 
 def main(argv):
   del argv
-  net, config = training.load_trained_model(_MODEL_DIR.value)
-  source = training.dataset_source(config, build_if_missing=False)
+  net, config = runs.load_trained_model(_MODEL_DIR.value)
+  source = runs.dataset_source(config)
   batch = next(iter(input_pipeline.make_dataset(source, "test", _PAIRS.value, image_size=config.image_size,
                                                 shuffle=False, repeat=False, drop_remainder=False)))
   uvz = net(batch["image0"], training=False)["uvz"]

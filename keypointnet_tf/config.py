@@ -85,6 +85,12 @@ class TrainConfig:
   checkpoint_every: int = 1000  # Steps between checkpoints (also saved on SIGINT/SIGTERM and at the end).
   checkpoint_every_secs: float = 600.0  # ...and at least this often in seconds (the code: 600 s).
   keep_checkpoints: int = 3  # Checkpoints kept by the CheckpointManager.
+  # Validation during training: every this many steps (0: never) the validation split's angular error (predicted
+  # flag, no noise) and DAS go to TensorBoard, and the best checkpoint by the median error is kept in best/.
+  validate_every: int = 5000
+  validate_pairs: int = 320  # Validation pairs evaluated each time (at most the split's size).
+  # multi_worker: seconds to wait for every worker to join before failing with a message (never a hang).
+  worker_timeout_secs: float = 300.0
 
 
 def cpu_preset(category="planes"):
@@ -112,6 +118,7 @@ def cpu_preset(category="planes"):
       log_every=50,
       image_summary_every=1000,
       checkpoint_every=500,
+      validate_every=1000,
   )
 
 
@@ -126,6 +133,45 @@ def cpu_label_free_preset(category="planes"):
   for that reason; about 21 minutes in all on a 2-core machine (planes_small, data included).
   """
   return dataclasses.replace(cpu_preset(category), steps=20_000, loss=LossConfig(), anchor_steps=0)
+
+
+SCHEDULE_FIELDS = ("anneal_start", "anneal_end", "anchor_steps")  # Step numbers that a run's length scales.
+
+
+def fit_schedules(config, steps, explicit=()):
+  """`config` with `steps` total steps and its schedules ending within them.
+
+  The orientation flag's anneal must end (the predicted flag is what evaluation uses) and the anchor must decay to 0
+  (else the run ends with two supervised landmarks) before the last step. When they already do, only `steps`
+  changes. Otherwise the schedule fields not named in `explicit` are scaled by steps / config.steps (so
+  `--steps=2000` with the CPU preset anneals the flag over steps 750-1500 and ends the anchor at 1,000), and an
+  explicit one that still ends after the last step is refused. Supervised runs use the ground-truth flag and no
+  anchor, so their schedules are left alone.
+
+  Args:
+    config: TrainConfig.
+    steps: int, the run's total steps.
+    explicit: names of SCHEDULE_FIELDS the user set (kept as given).
+  Returns:
+    TrainConfig.
+  Raises:
+    ValueError: an explicit schedule ends after `steps`, with what to pass instead.
+  """
+  ends = {"anneal_end": config.anneal_end, "anchor_steps": config.anchor_steps if config.loss.weights.anchor else 0}
+  if config.supervised or all(end <= steps for end in ends.values()):
+    return dataclasses.replace(config, steps=steps)
+  scale = steps / config.steps
+  values = {name: max(1, round(getattr(config, name) * scale)) for name in SCHEDULE_FIELDS if name not in explicit}
+  fitted = dataclasses.replace(config, steps=steps, **values)
+  late = [f"{name}={getattr(fitted, name)}" for name in ends
+          if name in explicit and getattr(fitted, name) > steps and (name != "anchor_steps" or ends[name])]
+  if late:
+    raise ValueError(f"{', '.join(late)} ends after the last step ({steps}): the run would finish before the "
+                     "orientation flag is annealed to the predicted one (what evaluation uses) or before the anchor "
+                     f"has decayed. Pass values <= {steps}, or leave them out to scale the preset's schedules.")
+  if fitted.anneal_start > fitted.anneal_end:
+    raise ValueError(f"anneal_start={fitted.anneal_start} is after anneal_end={fitted.anneal_end}.")
+  return fitted
 
 
 PRESETS = ("auto", "cpu", "cpu_label_free", "paper")

@@ -20,6 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from keypointnet_tf import geometry
+from keypointnet_tf import input_pipeline
+from keypointnet_tf import losses
+from keypointnet_tf import runs
 
 
 def pair_angular_errors(xyz0, xyz1, rotation, noise_stddev=0.0, generator=None):
@@ -33,13 +36,14 @@ def pair_angular_errors(xyz0, xyz1, rotation, noise_stddev=0.0, generator=None):
   Returns:
     [B] float64 numpy array of degrees.
   """
-  xyz0 = tf.convert_to_tensor(xyz0, tf.float32)
-  xyz1 = tf.convert_to_tensor(xyz1, tf.float32)
-  if noise_stddev:
-    xyz0 = xyz0 + generator.normal(tf.shape(xyz0), stddev=noise_stddev)
-    xyz1 = xyz1 + generator.normal(tf.shape(xyz1), stddev=noise_stddev)
+  xyz0, xyz1 = losses.add_pose_noise(tf.convert_to_tensor(xyz0, tf.float32), xyz1, noise_stddev, generator)
   angle = geometry.angular_distance(geometry.estimate_rotation(xyz0, xyz1), tf.cast(rotation, tf.float32))
   return np.degrees(angle.numpy().astype(np.float64))
+
+
+NO_OBJECT_IDS = ("3D-SE not computed: the data does not say which object each view shows (the paper's released "
+                 "shards hold about 40 objects each, and their job.txt, which lists them, is missing), and pooling "
+                 "views of different objects would give a wrong number. Put the released job.txt beside the shards.")
 
 
 def standard_error_3d(object_ids, xyz_object):
@@ -50,7 +54,11 @@ def standard_error_3d(object_ids, xyz_object):
     xyz_object: [N, K, 3] float. Predicted keypoints of each view mapped to the object frame.
   Returns:
     float (object units). Objects seen in a single view contribute 0.
+  Raises:
+    ValueError: some view has no object id (input_pipeline.UNKNOWN_MODEL_ID): its views cannot be grouped.
   """
+  if any(object_id in ("", b"") for object_id in object_ids):
+    raise ValueError(NO_OBJECT_IDS)
   groups = collections.defaultdict(list)
   for object_id, points in zip(object_ids, np.asarray(xyz_object, np.float64)):
     groups[object_id].append(points)
@@ -137,7 +145,8 @@ def evaluate(predict_fn, dataset, noise_stddev=0.0, seed=0, max_pairs=None):
     max_pairs: optional int. Stop after this many pairs.
   Returns:
     dict: summarize() of all pairs, plus "errors" (the per-pair degrees) and, when the data has ground-truth
-    keypoints, semantic_scores() over all views.
+    keypoints, semantic_scores() over all views. When the data has no object ids, "3d_se" is nan and
+    "3d_se_note" says why.
   """
   generator = tf.random.Generator.from_seed(seed)
   errors, ids, points, parts, parts_valid = [], [], [], [], []
@@ -156,7 +165,14 @@ def evaluate(predict_fn, dataset, noise_stddev=0.0, seed=0, max_pairs=None):
     if max_pairs is not None and sum(len(e) for e in errors) >= max_pairs:
       break
   errors = np.concatenate(errors)[:max_pairs]
-  row = summarize(errors, standard_error_3d(ids, np.concatenate(points)))
+  try:
+    standard_error = standard_error_3d(ids, np.concatenate(points))
+    note = None
+  except ValueError as e:  # no object ids: refused, not pooled
+    standard_error, note = float("nan"), str(e)
+  row = summarize(errors, standard_error)
+  if note:
+    row["3d_se_note"] = note
   if parts and parts[0].shape[1]:  # ground-truth keypoints present (procedural data)
     row.update(semantic_scores(np.concatenate(points), np.concatenate(parts), np.concatenate(parts_valid)))
   row["errors"] = errors
@@ -165,18 +181,18 @@ def evaluate(predict_fn, dataset, noise_stddev=0.0, seed=0, max_pairs=None):
 
 
 def evaluate_run(model_dir, split="test", noise_stddev=0.0, max_pairs=None, data_dir=None, released_dir=None,
-                 batch_size=32):
+                 batch_size=32, build_data=None):
   """Evaluates a training run's latest checkpoint on a split of its data.
 
+  Args:
+    build_data: optional callable that builds missing data (runs.dataset_source).
   Returns:
     (row from evaluate(), category).
   """
-  from keypointnet_tf import input_pipeline  # pylint: disable=g-import-not-at-top
-  from keypointnet_tf import training  # pylint: disable=g-import-not-at-top
-  net, config = training.load_trained_model(model_dir)
+  net, config = runs.load_trained_model(model_dir)
   overrides = {k: v for k, v in (("data_dir", data_dir), ("released_dir", released_dir)) if v}
-  config = training.resolve(dataclasses.replace(config, **overrides))
-  source = training.dataset_source(config)
+  config = dataclasses.replace(config, **overrides)
+  source = runs.dataset_source(config, build=build_data)
   dataset = input_pipeline.make_dataset(source, split, batch_size, image_size=config.image_size, shuffle=False,
                                         repeat=False, deterministic=True, drop_remainder=False)
   predict = tf.function(lambda images: net(images, training=False), reduce_retracing=True)
@@ -196,7 +212,6 @@ def evaluate_saved_model(path, source, split="test", noise_stddev=0.0, max_pairs
   Returns:
     row from evaluate().
   """
-  from keypointnet_tf import input_pipeline  # pylint: disable=g-import-not-at-top
   signature = tf.saved_model.load(path).signatures["predict_images"]
   dataset = input_pipeline.make_dataset(source, split, batch_size, shuffle=False, repeat=False,
                                         deterministic=True, drop_remainder=False)

@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 from keypointnet_tf import geometry
 
 SPLITS = ("train", "validation", "test")
+UNKNOWN_MODEL_ID = ""  # model_id of examples whose object is not recorded (released shards without job.txt).
 
 
 def find_tfds_dir(data_dir, config_name, dataset_name="shapenet_pairs"):
@@ -117,7 +118,8 @@ def _released_model_ids(path):
 
 
 def _released_shard_dataset(shard, jobs, focal):
-  """Records of one shard with model ids: job.txt's ids by record position, else the shard name."""
+  """Records of one shard with model ids: job.txt's ids by record position, else "" (unknown: a shard holds
+  about 40 objects, so the shard name is no object id; evaluation then refuses 3D-SE)."""
   name = os.path.basename(shard)[:-len(".tfrecord")]
   records = tf.data.TFRecordDataset(shard)
   if name in jobs:
@@ -126,7 +128,7 @@ def _released_shard_dataset(shard, jobs, focal):
     records = records.enumerate().map(
         lambda i, r: (r, ids[tf.minimum(tf.searchsorted(ends, [i], side="right")[0], len(jobs[name]) - 1)]))
   else:
-    records = records.map(lambda r: (r, tf.constant(name)))
+    records = records.map(lambda r: (r, tf.constant(UNKNOWN_MODEL_ID)))
   return records.map(lambda r, model_id: {"record": r, "model_id": model_id, "focal": tf.constant(focal)})
 
 
@@ -164,7 +166,7 @@ def _finish_example(example, image_size):
 
 
 def make_dataset(source, split, batch_size, image_size=None, shuffle=True, repeat=True, shuffle_buffer=4096,
-                 seed=0, deterministic=False, drop_remainder=True, cycle_length=16):
+                 seed=0, deterministic=False, drop_remainder=True, cycle_length=16, input_context=None):
   """Batched, decoded view pairs from a built TFDS dataset or a released-TFRecords folder.
 
   Args:
@@ -182,6 +184,8 @@ def make_dataset(source, split, batch_size, image_size=None, shuffle=True, repea
     deterministic: bool. Same elements in the same order on every run (for tests and evaluation).
     drop_remainder: bool. Drop a final partial batch (keeps the batch dimension static for training).
     cycle_length: int. TFDS shards read in parallel (released shards are all read round-robin).
+    input_context: optional tf.distribute.InputContext: read only this input pipeline's share of the shards
+      (one pipeline per worker in multi-worker training).
   Returns:
     tf.data.Dataset of dicts (see module docstring), prefetched.
   """
@@ -196,13 +200,17 @@ def make_dataset(source, split, batch_size, image_size=None, shuffle=True, repea
       raise ValueError(f"{source} has no split {split!r}; it has {sorted(builder.info.splits)}")
     skip = tfds.decode.SkipDecoding()
     read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=cycle_length,
-                                  enable_ordering_guard=False)
+                                  enable_ordering_guard=False, input_context=input_context)
     ds = builder.as_dataset(split=split, shuffle_files=shuffle, read_config=read_config,
                             decoders={"img0": skip, "img1": skip})
   elif is_released_dir(source):
     focal = read_projection(source)
     jobs = _released_model_ids(source)
     shards = released_shards(source, split)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+      shards = shards[input_context.input_pipeline_id::input_context.num_input_pipelines]
+      if not shards:
+        raise ValueError(f"{source}: fewer {split} shards than the {input_context.num_input_pipelines} workers.")
     if shuffle:
       shards = [shards[i] for i in np.random.default_rng(seed).permutation(len(shards))]
     # Round-robin over every shard (pairs of one object are contiguous inside a shard).
@@ -226,3 +234,35 @@ def make_dataset(source, split, batch_size, image_size=None, shuffle=True, repea
   options = tf.data.Options()
   options.deterministic = deterministic
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def find_unreadable_record(source, split):
+  """The first record of a split that cannot be read or decoded (for the error message of a data fault).
+
+  Reads every shard of the split in order, decoding both images of each record, and stops at the first failure.
+  Args:
+    source: a built TFDS version directory or a released-TFRecords folder (see make_dataset).
+    split: str.
+  Returns:
+    (shard path, record index in the shard, error's first line), or None when every record reads.
+  """
+  source = os.fspath(source)
+  if tf.io.gfile.exists(os.path.join(source, "dataset_info.json")):
+    builder = tfds.builder_from_directory(source)
+    shards = sorted(tf.io.gfile.glob(os.path.join(source, f"*-{split}.tfrecord*")))
+    parse = builder.info.features.deserialize_example  # decodes the images
+  else:
+    shards = released_shards(source, split)
+
+    def parse(record):
+      parsed = tf.io.parse_single_example(record, _RELEASED_FEATURES)
+      return [tf.io.decode_png(parsed[key], channels=4) for key in ("img0", "img1")]
+  for shard in shards:
+    index = 0
+    try:
+      for _ in tf.data.TFRecordDataset(shard).map(parse):
+        index += 1
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+      message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      return shard, index, message
+  return None

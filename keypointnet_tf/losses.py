@@ -62,6 +62,28 @@ def triangulation_loss(uv0, uv1, mv0, mvi0, mv1, mvi1, focal):
                    for xyz, uv in ((xyz0, uv0), (xyz1, uv1))])
 
 
+def add_pose_noise(xyz0, xyz1, noise_stddev, generator):
+  """Both keypoint sets with i.i.d. Gaussian noise on every coordinate (the pose loss's and the metric's noise).
+
+  Args:
+    xyz0, xyz1: [B, K, 3] float. Keypoints in camera 0 and camera 1 space (xyz1 is cast to xyz0's dtype).
+    noise_stddev: float. Standard deviation in object units; 0 returns the inputs unchanged.
+    generator: tf.random.Generator. Source of the noise; required when noise_stddev > 0. xyz0's noise is drawn
+      first, then xyz1's.
+  Returns:
+    (xyz0, xyz1) with noise, [B, K, 3] each.
+  """
+  xyz0 = tf.convert_to_tensor(xyz0)
+  xyz1 = tf.cast(xyz1, xyz0.dtype)
+  if not noise_stddev:
+    return xyz0, xyz1
+  if generator is None:
+    raise ValueError("A tf.random.Generator is required when the pose noise is > 0. "
+                     f"Received: noise_stddev={noise_stddev}, generator=None")
+  return (xyz0 + generator.normal(tf.shape(xyz0), stddev=noise_stddev, dtype=xyz0.dtype),
+          xyz1 + generator.normal(tf.shape(xyz1), stddev=noise_stddev, dtype=xyz1.dtype))
+
+
 def pose_loss(xyz0, xyz1, rotation, noise_stddev=0.0, generator=None):
   """Relative-pose loss: angle between the Procrustes rotation of the keypoints and the true rotation.
 
@@ -75,14 +97,7 @@ def pose_loss(xyz0, xyz1, rotation, noise_stddev=0.0, generator=None):
     dict with "angular": [] float, mean geodesic angle in radians (the loss), and "chordal": [] float, mean
     squared Frobenius distance (logged only, as in the code).
   """
-  xyz0 = tf.convert_to_tensor(xyz0)
-  xyz1 = tf.cast(xyz1, xyz0.dtype)
-  if noise_stddev:
-    if generator is None:
-      raise ValueError("pose_loss: `generator` (a tf.random.Generator) is required when noise_stddev > 0. "
-                       f"Received: noise_stddev={noise_stddev}, generator=None")
-    xyz0 = xyz0 + generator.normal(tf.shape(xyz0), stddev=noise_stddev, dtype=xyz0.dtype)
-    xyz1 = xyz1 + generator.normal(tf.shape(xyz1), stddev=noise_stddev, dtype=xyz1.dtype)
+  xyz0, xyz1 = add_pose_noise(xyz0, xyz1, noise_stddev, generator)
   estimate = geometry.estimate_rotation(xyz0, xyz1)
   rotation = tf.cast(rotation, estimate.dtype)
   return {
@@ -236,6 +251,24 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
                              for name, value in terms.items()])
   terms["chordal"] = tf.cast(pose["chordal"], tf.float32)
   return terms
+
+
+def supervised_loss(uvz, mv, keypoints, valid, focal):
+  """The supervised baseline's regression loss (one view): mean squared (u, v, z) error over valid keypoints.
+
+  Args:
+    uvz: [B, K, 3] float. Predicted keypoints.
+    mv: [B, 4, 4] float. Object-to-camera matrix of the view.
+    keypoints: [B, K, 3] float. Ground-truth keypoints in the object frame.
+    valid: [B, K] bool. Which ground-truth keypoints exist.
+    focal: float, [] or [B]. NDC focal length.
+  Returns:
+    [] float32: sum over (u, v, z) of the squared error, averaged over valid keypoints (0 when none is valid).
+  """
+  target = geometry.project(geometry.transform_points(mv, keypoints), focal)  # [B, K, 3]
+  mask = tf.cast(valid, tf.float32)
+  error = tf.reduce_sum(tf.square(tf.cast(uvz, tf.float32) - target), axis=-1)  # [B, K]
+  return tf.reduce_sum(error * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
 def angle_degrees(radians):

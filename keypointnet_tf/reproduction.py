@@ -21,6 +21,7 @@ from keypointnet_tf import config as config_lib
 from keypointnet_tf import evaluation
 from keypointnet_tf import input_pipeline
 from keypointnet_tf import prediction
+from keypointnet_tf import runs
 from keypointnet_tf import training
 from keypointnet_tf import visualization
 
@@ -64,7 +65,7 @@ def check_ablations(names):
 
 def supervised_config(config):
   """The supervised baseline with the same budget: as many keypoints as the data's ground truth."""
-  source = training.dataset_source(config)
+  source = runs.dataset_source(config)
   first = next(iter(input_pipeline.make_dataset(source, "train", None, shuffle=False, repeat=False)))
   return dataclasses.replace(_num_keypoints(config, int(first["keypoints"].shape[0])), supervised=True)
 
@@ -101,7 +102,7 @@ def _same_training(a, b):
   Both go through config_from_dict first, so fields added to the config since a result was stored compare as
   their defaults.
   """
-  a, b = (training.config_to_dict(training.config_from_dict(c)) for c in (a, b))
+  a, b = (runs.config_to_dict(runs.config_from_dict(c)) for c in (a, b))
   return training.training_settings(a, _SETTINGS) == training.training_settings(b, _SETTINGS)
 
 
@@ -116,20 +117,20 @@ def _train_and_evaluate(config, max_pairs):
   row, _ = evaluation.evaluate_run(config.model_dir, "test", max_pairs=max_pairs)
   row.pop("errors")
   return {"model_dir": config.model_dir, "steps": config.steps, "train_seconds": seconds,
-          "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "config": training.config_to_dict(config), **row}
+          "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "config": runs.config_to_dict(config), **row}
 
 
 def _machine():
   return f"{os.cpu_count()} CPUs, GPUs: {len(tf.config.list_physical_devices('GPU'))}"
 
 
-def _pictures(runs, config, path, num_examples=8, display_size=128):
+def _pictures(run_dirs, config, path, num_examples=8, display_size=128):
   """Two rows of test views per run (the same views; view 0 above view 1), keypoints in fixed colours.
 
   The networks see the views at the run's image size; the keypoints (NDC, resolution-free) are drawn on the
   views resized to `display_size` so that they can be told apart.
   """
-  source = training.dataset_source(config)
+  source = runs.dataset_source(config)
   dataset = input_pipeline.make_dataset(source, "test", num_examples, shuffle=False, repeat=False,
                                         deterministic=True, drop_remainder=False)
   batch = next(iter(dataset))
@@ -137,15 +138,16 @@ def _pictures(runs, config, path, num_examples=8, display_size=128):
   inputs = tf.image.resize(views, [config.image_size] * 2, method="area", antialias=True)
   display = tf.image.resize(views, [display_size] * 2).numpy()
   rows = []
-  for model_dir in runs:
-    net, _ = training.load_trained_model(model_dir)
+  for model_dir in run_dirs:
+    net, _ = runs.load_trained_model(model_dir)
     uv = net(inputs, training=False)["uv"].numpy()
     rows.append(visualization.draw_keypoints_batch(display, uv))
   sheet = visualization.contact_sheet(np.concatenate(rows), columns=len(views) // 2)
   prediction.save_picture(sheet, path)
 
 
-def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, log=print, command=""):
+def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, log=print, command="",
+              build_data=None):
   """Runs one category: KeypointNet, the supervised baseline (same steps), ablations; stores the results.
 
   Args:
@@ -156,10 +158,12 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     max_pairs: evaluate at most this many test pairs (None: all).
     log: callable for progress messages.
     command: str, the command line that runs this (stored with the category's results for the report).
+    build_data: optional callable that builds the category's data when it is missing (runs.dataset_source).
   Returns:
     dict of this category's results (also merged into <output_dir>/results.json).
   """
   check_ablations(ablations)
+  runs.dataset_source(training.resolve(base_config), build=build_data)  # the data, built once if missing
   category = base_config.category
   root = os.path.join(runs_dir, category)
   configs = method_configs(base_config, root)
@@ -171,7 +175,7 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
   for name, config in configs.items():
     stored = earlier.get(name)
     has_run = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")) is not None
-    if stored and not has_run and _same_training(stored["config"], training.config_to_dict(training.resolve(config))):
+    if stored and not has_run and _same_training(stored["config"], runs.config_to_dict(training.resolve(config))):
       log(f"[{category}] {name}: kept the stored result (same configuration, trained on {stored.get('date', '?')}, "
           f"{stored.get('machine', '?')}; delete it from {output_dir}/{RESULTS_FILE} to train again)")
       results[name] = stored
@@ -286,7 +290,7 @@ def write_report(output_dir, path, command):
               "| category | variant | change | mean | median | 3D-SE | < 30 deg |", "|---|---|---|---|---|---|---|"]
     for category, method, run in ablation_rows:
       name = method.split(": ", 1)[1]
-      base = config_lib.method_name(training.config_from_dict(run["config"]))
+      base = config_lib.method_name(runs.config_from_dict(run["config"]))
       lines.append(f"| {category} | {name} | {ABLATION_DESCRIPTIONS.get(name, name)} on {base} | {run['mean']:.1f} | "
                    f"{run['median']:.1f} | {run['3d_se']:.3f} | {run['under_30']:.1%} |")
     lines.append("")

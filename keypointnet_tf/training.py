@@ -1,6 +1,8 @@
 """Training: one tf.function train step over both views, checkpoints and resume, TensorBoard, tf.distribute.
 
-`train(config)` is the whole job; tools/train.py only turns flags into a `config.TrainConfig`.
+`train(config)` is the whole job, in two parts a reader can take one at a time: `set_up` (strategy, data, model,
+optimizer, restore; returns a `Trainer`) and `Trainer.run` (the loop: steps, logs, validation, checkpoints,
+signals and non-finite steps). tools/train.py only turns flags into a `config.TrainConfig`.
 """
 
 import dataclasses
@@ -9,24 +11,25 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 
 from absl import logging
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keypointnet_tf import config as config_lib
+from keypointnet_tf import evaluation
 from keypointnet_tf import geometry
 from keypointnet_tf import input_pipeline
 from keypointnet_tf import losses
 from keypointnet_tf import model as model_lib
+from keypointnet_tf import runs
 from keypointnet_tf import visualization
-
-CONFIG_FILE = "config.json"
 # Fields that may differ between a run and its resumption (they do not change what is being trained).
 RESUMABLE_FIELDS = ("steps", "model_dir", "data_dir", "log_every", "image_summary_every", "checkpoint_every",
-                     "checkpoint_every_secs", "keep_checkpoints", "strategy", "jit_compile", "released_dir")
+                     "checkpoint_every_secs", "keep_checkpoints", "strategy", "jit_compile", "released_dir",
+                     "validate_every", "validate_pairs", "worker_timeout_secs")
 # ModelConfig fields that choose how the same network is computed (model.DILATED_CONV_IMPLS), not what is trained.
 IMPLEMENTATION_FIELDS = ("dilated_conv", "fused_batch_norm")
 
@@ -42,7 +45,7 @@ def training_settings(config_dict, ignore=RESUMABLE_FIELDS):
   return settings
 
 
-class TrainingError(RuntimeError):
+class TrainingError(runs.RunError):
   """A run that cannot start or continue, with a message that says what to do."""
 
 
@@ -71,7 +74,7 @@ def resolve(config):
   """Fills in derived defaults (model_dir, dataset_config) and validates the config."""
   if config.category not in ("cars", "planes", "chairs"):
     raise ValueError(f"category must be cars, planes or chairs. Received: category={config.category!r}")
-  for name in ("steps", "batch_size", "image_size", "log_every", "checkpoint_every"):
+  for name in ("steps", "batch_size", "image_size", "log_every", "checkpoint_every", "validate_pairs"):
     if getattr(config, name) < 1:
       raise ValueError(f"{name} must be positive. Received: {name}={getattr(config, name)}")
   if not config.learning_rate > 0:
@@ -90,44 +93,27 @@ def resolve(config):
       dataset_config=config.dataset_config or config.category)
 
 
-def config_to_dict(config):
-  return dataclasses.asdict(config)
+def _write_or_check_config(config, write_dir):
+  """Writes config.json for a new run; for an existing one, refuses conflicting settings.
 
-
-def config_from_dict(values):
-  values = dict(values)
-  values["model"] = config_lib.ModelConfig(**values["model"])
-  loss = dict(values["loss"])
-  loss["weights"] = config_lib.LossWeights(**loss["weights"])
-  values["loss"] = config_lib.LossConfig(**loss)
-  return config_lib.TrainConfig(**values)
-
-
-def load_config(model_dir):
-  """The resolved TrainConfig saved beside a run's checkpoints."""
-  path = os.path.join(model_dir, CONFIG_FILE)
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{path} not found: {model_dir} is not a training run directory.")
-  with tf.io.gfile.GFile(path) as f:
-    return config_from_dict(json.load(f))
-
-
-def _write_or_check_config(config):
-  """Writes config.json for a new run; for an existing one, refuses conflicting settings."""
-  path = os.path.join(config.model_dir, CONFIG_FILE)
-  current = config_to_dict(config)
-  has_checkpoint = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")) is not None
+  Args:
+    config: the resolved TrainConfig.
+    write_dir: where this process writes (the run directory, or a non-chief worker's own folder).
+  """
+  path = os.path.join(write_dir, runs.CONFIG_FILE)
+  current = runs.config_to_dict(config)
+  has_checkpoint = tf.train.latest_checkpoint(runs.checkpoint_dir(write_dir)) is not None
   if has_checkpoint and tf.io.gfile.exists(path):  # a run that never saved can be restarted with any settings
     with tf.io.gfile.GFile(path) as f:
-      saved = config_to_dict(config_from_dict(json.load(f)))  # fields added since then get their defaults
-    mine, theirs = training_settings(json.loads(json.dumps(current))), training_settings(saved)
+      saved = runs.config_to_dict(runs.config_from_dict(json.load(f)))  # fields added since get their defaults
+    mine, theirs = training_settings(current), training_settings(saved)
     conflicts = {key: (theirs.get(key), value) for key, value in mine.items() if theirs.get(key) != value}
     if conflicts:
       lines = "\n".join(f"  {key}: saved {old!r}, now {new!r}" for key, (old, new) in sorted(conflicts.items()))
       raise TrainingError(
           f"{config.model_dir} holds a run with different settings:\n{lines}\n"
           "Resume with the saved settings (drop the conflicting flags) or choose another --model_dir.")
-  tf.io.gfile.makedirs(config.model_dir)
+  tf.io.gfile.makedirs(write_dir)
   tmp = path + ".tmp"
   with tf.io.gfile.GFile(tmp, "w") as f:
     json.dump(current, f, indent=2, sort_keys=True)
@@ -137,18 +123,6 @@ def _write_or_check_config(config):
 # ------------------------------------------------------------------------------------------------------------
 # Pieces of the train step.
 # ------------------------------------------------------------------------------------------------------------
-
-
-def supervised_targets(batch, view):
-  """Ground-truth (u, v, z) of the object-space keypoints in one view: [B, K, 3], and their mask [B, K]."""
-  xyz = geometry.transform_points(batch["mv" + view], batch["keypoints"])  # [B, K, 3] camera space
-  return geometry.project(xyz, batch["focal"]), tf.cast(batch["keypoint_valid"], tf.float32)
-
-
-def supervised_loss(outputs, targets, mask):
-  """Mean squared error of (u, v, z) over valid keypoints: [] float32."""
-  error = tf.reduce_sum(tf.square(outputs["uvz"] - targets), axis=-1)  # [B, K]
-  return tf.reduce_sum(error * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
 def compute_losses(net, batch, config, generator, mix, training=True, step=0):
@@ -170,8 +144,9 @@ def compute_losses(net, batch, config, generator, mix, training=True, step=0):
   xyz = [geometry.unproject(out["uvz"], focal) for out in outputs]
   terms = {}
   if config.supervised:
-    targets = [supervised_targets(batch, v) for v in ("0", "1")]
-    terms["supervised"] = tf.add_n([supervised_loss(out, t, m) for out, (t, m) in zip(outputs, targets)])
+    terms["supervised"] = tf.add_n([
+        losses.supervised_loss(out["uvz"], batch["mv" + v], batch["keypoints"], batch["keypoint_valid"], focal)
+        for out, v in zip(outputs, ("0", "1"))])
     terms["orientation"] = tf.add_n([losses.orientation_loss(out["orientation"], batch["mv" + v], focal)
                                      for out, v in zip(outputs, ("0", "1"))])
     terms["total"] = terms["supervised"] + config.loss.weights.orientation * terms["orientation"]
@@ -188,33 +163,96 @@ def compute_losses(net, batch, config, generator, mix, training=True, step=0):
   return terms, outputs
 
 
-def make_strategy(name):
-  """tf.distribute strategy by name: auto, default, mirrored, multi_worker."""
-  gpus = tf.config.list_logical_devices("GPU")
+def make_strategy(name, worker_timeout_secs=300.0):
+  """tf.distribute strategy by name: auto, default, mirrored, multi_worker.
+
+  Call it before anything else touches TensorFlow's runtime (listing devices, creating tensors): a multi-worker
+  strategy configures the collective ops at start-up and fails otherwise. "auto" looks at the physical devices
+  only, which does not start the runtime.
+  Args:
+    name: str.
+    worker_timeout_secs: float. multi_worker only: when the other workers have not joined within this time the
+      process prints which workers were expected (TF_CONFIG) and exits with status 3 instead of waiting forever.
+  """
   if name == "auto":
+    gpus = tf.config.list_physical_devices("GPU")
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
   if name == "multi_worker":
-    if "TF_CONFIG" not in os.environ:
-      raise TrainingError("strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task).")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return _multi_worker_strategy(worker_timeout_secs)
   raise ValueError(f"strategy must be auto, default, mirrored or multi_worker. Received: strategy={name!r}")
+
+
+def _multi_worker_strategy(timeout_secs):
+  """MultiWorkerMirroredStrategy from TF_CONFIG, or a clear exit when the cluster does not assemble in time."""
+  if "TF_CONFIG" not in os.environ:
+    raise TrainingError("strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task); see "
+                        "the README's multi-worker section.")
+  try:
+    tf_config = json.loads(os.environ["TF_CONFIG"])
+    cluster, task = tf_config["cluster"], tf_config["task"]
+    addresses = [address for job in ("chief", "worker") for address in cluster.get(job, [])]
+    me = cluster[task["type"]][task["index"]]
+  except (ValueError, KeyError, IndexError, TypeError) as e:
+    raise TrainingError(f"TF_CONFIG is not a valid cluster description ({e!r}). Expected e.g. "
+                        '{"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}, '
+                        '"task": {"type": "worker", "index": 0}}') from e
+  joined = threading.Event()
+
+  def watchdog():
+    if not joined.wait(timeout_secs):
+      others = [a for a in addresses if a != me]
+      print(f"error: multi-worker training: the other workers ({', '.join(others)}) did not join this one ({me}) "
+            f"within {timeout_secs:g} s. Start the same command on every machine of TF_CONFIG's cluster with "
+            "its own task index, check that the addresses and ports are reachable from here, or raise "
+            "--worker_timeout_secs.", file=sys.stderr, flush=True)
+      os._exit(3)  # pylint: disable=protected-access  (the runtime is blocked inside the strategy's start-up)
+
+  threading.Thread(target=watchdog, daemon=True).start()
+  strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  joined.set()
+  return strategy
+
+
+def is_chief(strategy):
+  """True for the process that writes the run's checkpoints, config and summaries (the only one off multi-worker)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def write_dir(model_dir, strategy):
+  """Where this process writes: the run directory on the chief, <model_dir>/workers/<task>-<id> elsewhere.
+
+  Every multi-worker process saves its checkpoints (saving is collective), each in its own folder, so that a
+  restarted cluster resumes on machines with or without a shared file system; only the chief's are the run's.
+  """
+  if is_chief(strategy):
+    return model_dir
+  resolver = strategy.cluster_resolver
+  return os.path.join(model_dir, "workers", f"{resolver.task_type}-{resolver.task_id}")
 
 
 def build_train_step(net, optimizer, strategy, config, generator, step_var, non_finite_steps):
   """Returns a tf.function: distributed batch -> dict of replica-averaged metrics.
 
   Per replica: loss on the local batch (normalised by its own shape), gradient of loss / num_replicas,
-  all-reduced (sum) so every replica holds the gradient of the global mean loss; clipped by global norm;
-  replaced by zeros when the loss or any gradient is not finite (counted in `non_finite_steps`; the host then
-  stops the run). Keras's optimizer sums gradients across replicas again, so it receives the global
-  gradient / num_replicas.
+  all-reduced (sum) so every replica holds the gradient of the global mean loss; clipped by global norm. Keras's
+  optimizer sums gradients across replicas again, so it receives the global gradient / num_replicas.
+  Non-finite steps: when the loss or any gradient on any replica is not finite, the step changes nothing: every
+  model variable (weights and batch-norm statistics) and every optimizer variable (moments, iteration count) is
+  put back to its value before the step, which is counted in `non_finite_steps` (the host then stops the run).
   """
   num_replicas = strategy.num_replicas_in_sync
   variables = net.trainable_variables
+  guarded = list(net.variables) + list(optimizer.variables)
 
   def replica_step(batch):
     mix = flag_mix(step_var, config.anneal_start, config.anneal_end)
@@ -230,9 +268,8 @@ def build_train_step(net, optimizer, strategy, config, generator, step_var, non_
     if num_replicas > 1:
       finite = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)) < 0.5
     clipped, global_norm = tf.clip_by_global_norm(grads, config.clip_norm)
-    # No tf.cond around apply_gradients (MirroredStrategy forbids merge_call inside control flow): a
-    # non-finite step applies zero gradients, is counted in non_finite_steps, and the host stops the run
-    # before it saves anything.
+    # Zeros keep NaNs out of the update; the values are put back after it (MirroredStrategy forbids a tf.cond
+    # around apply_gradients, whose merge_call cannot sit inside control flow).
     safe = [tf.where(finite, g, tf.zeros_like(g)) / num_replicas for g in clipped]
     optimizer.apply_gradients(zip(safe, variables))
     terms["gradient_norm"] = global_norm
@@ -242,10 +279,19 @@ def build_train_step(net, optimizer, strategy, config, generator, step_var, non_
 
   @tf.function(jit_compile=config.jit_compile)
   def step_fn(batch):
+    before = [tf.identity(v) for v in guarded]
     per_replica = strategy.run(replica_step, args=(batch,))
     metrics = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
+    finite = metrics["finite"] >= 1.0
+
+    def put_back():
+      for variable, value in zip(guarded, before):
+        variable.assign(value)
+      return tf.constant(True)
+
+    tf.cond(finite, lambda: tf.constant(True), put_back)
     step_var.assign_add(1)
-    non_finite_steps.assign_add(tf.cast(metrics["finite"] < 1.0, tf.int64))
+    non_finite_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
     return metrics
 
   return step_fn
@@ -254,7 +300,7 @@ def build_train_step(net, optimizer, strategy, config, generator, step_var, non_
 def _load_frozen_orientation_network(net, run_dir):
   """Copies a trained run's orientation network into `net` and freezes it (the paper's "pretrained O-Net")."""
   try:
-    other, _ = load_trained_model(run_dir)
+    other, _ = runs.load_trained_model(run_dir)
   except FileNotFoundError as e:
     raise TrainingError(f"orientation_from={run_dir}: {e}") from e
   if other.num_filters != net.num_filters:
@@ -267,46 +313,82 @@ def _load_frozen_orientation_network(net, run_dir):
   logging.info("Loaded and froze the orientation network of %s.", run_dir)
 
 
-def load_trained_model(model_dir, checkpoint=None):
-  """KeypointNet of a training run, with the latest (or the given) checkpoint's weights.
+# ------------------------------------------------------------------------------------------------------------
+# Data.
+# ------------------------------------------------------------------------------------------------------------
 
-  Returns:
-    (model, TrainConfig).
+
+def _distribute(strategy, dataset, global_batch):
+  """A given dataset of global batches, each worker taking its rows of every batch (tests feed data this way).
+
+  Worker w of W keeps rows [w * G / W, (w + 1) * G / W) of each global batch of G, split into per-replica batches
+  in order, so that the replicas together see exactly the global batch a single process would.
   """
-  run_config = load_config(model_dir)
-  net = model_lib.build_model(run_config.model, image_size=32)
-  checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-  if checkpoint is None:
-    raise FileNotFoundError(f"No checkpoint in {model_dir}/checkpoints: train first (tools/train.py).")
-  tf.train.Checkpoint(model=net).restore(checkpoint).expect_partial()
-  return net, run_config
+  def per_worker(context):
+    per_worker_batch = global_batch // context.num_input_pipelines
+    first = context.input_pipeline_id * per_worker_batch
+    local = dataset.map(lambda batch: {k: v[first:first + per_worker_batch] for k, v in batch.items()})
+    per_replica = context.get_per_replica_batch_size(global_batch)
+    return local.unbatch().batch(per_replica, drop_remainder=True)
+
+  return strategy.distribute_datasets_from_function(per_worker)
+
+
+def _source_dataset(strategy, config, source, global_batch):
+  """The configured data, read as one input pipeline per worker (each its own shards) with per-replica batches."""
+  def per_worker(context):
+    return _numeric(input_pipeline.make_dataset(
+        source, "train", context.get_per_replica_batch_size(global_batch), image_size=config.image_size,
+        shuffle_buffer=config.shuffle_buffer, seed=config.seed, input_context=context))
+
+  return strategy.distribute_datasets_from_function(per_worker)
+
+
+def _numeric(dataset):
+  """The step needs only numeric tensors (a string model_id would also stop XLA compiling it)."""
+  return dataset.map(lambda batch: {k: v for k, v in batch.items() if k != "model_id"})
+
+
+def _data_fault(error, source, manager):
+  """TrainingError for a record that cannot be read or decoded, naming the shard (found by a scan) and the last
+  good checkpoint."""
+  where = ""
+  if source:
+    found = input_pipeline.find_unreadable_record(source, "train")
+    where = (f" The first unreadable record is #{found[1]} of shard {found[0]} ({found[2]})." if found else
+             f" A scan of {source} found no unreadable train record (the fault may be transient).")
+  first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return TrainingError(
+      f"Training stopped: a training record cannot be read or decoded ({type(error).__name__}: {first_line})."
+      f"{where} Nothing was saved after the fault: the last good checkpoint is {manager.latest_checkpoint}. "
+      "Rebuild the data set (tfds build ... --overwrite) or remove the shard, then run the same command to "
+      "resume.")
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Data source.
+# Validation.
 # ------------------------------------------------------------------------------------------------------------
 
+BEST_DIR = "best"
+BEST_FILE = "best.json"
 
-def dataset_source(config, build_if_missing=True):
-  """The directory make_dataset reads: the released TFRecords, or the built TFDS config (built if missing)."""
-  if config.released_dir:
-    if not input_pipeline.is_released_dir(config.released_dir):
-      raise TrainingError(f"released_dir={config.released_dir} has no projection.txt and *.tfrecord shards.")
-    return config.released_dir
-  data_dir = config.data_dir or os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+
+def validate(net, dataset, max_pairs):
+  """The evaluation protocol on validation batches: dict with mean, median, ..., das (when the data has parts)."""
+  predict = tf.function(lambda images: net(images, training=False), reduce_retracing=True)
+  row = evaluation.evaluate(predict, dataset, max_pairs=max_pairs)
+  row.pop("errors")
+  return row
+
+
+def _validation_dataset(config, source):
+  """Finite validation batches of the configured data, or None (with a log line) when it has no such split."""
   try:
-    return input_pipeline.find_tfds_dir(data_dir, config.dataset_config)
-  except FileNotFoundError:
-    if not build_if_missing:
-      raise
-  logging.info("shapenet_pairs/%s is not built in %s: building it now.", config.dataset_config, data_dir)
-  print(f"Building the shapenet_pairs/{config.dataset_config} data set in {data_dir} (first run only)...",
-        flush=True)
-  # The builder lives in the datasets/ package (installed as keypointnet_datasets); imported only here.
-  from keypointnet_datasets.shapenet_pairs import shapenet_pairs_dataset_builder  # pylint: disable=g-import-not-at-top
-  builder = shapenet_pairs_dataset_builder.Builder(config=config.dataset_config, data_dir=data_dir)
-  builder.download_and_prepare()
-  return input_pipeline.find_tfds_dir(data_dir, config.dataset_config)
+    return input_pipeline.make_dataset(source, "validation", 32, image_size=config.image_size, shuffle=False,
+                                       repeat=False, deterministic=True, drop_remainder=False)
+  except (ValueError, FileNotFoundError) as e:
+    logging.warning("No validation during training: %s", e)
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -342,42 +424,191 @@ class _Progress:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The run.
+# The run: setting up, then running.
 # ------------------------------------------------------------------------------------------------------------
 
 
-def train(config, dataset=None):
-  """Trains (or resumes) a run and returns its final metrics.
+@dataclasses.dataclass
+class Trainer:
+  """Everything a run needs, made by `set_up`; `run()` trains to config.steps."""
+
+  config: config_lib.TrainConfig
+  strategy: tf.distribute.Strategy
+  net: model_lib.KeypointNet
+  optimizer: keras.optimizers.Optimizer
+  step_var: tf.Variable
+  non_finite_steps: tf.Variable
+  checkpoint: tf.train.Checkpoint
+  manager: tf.train.CheckpointManager
+  best_manager: tf.train.CheckpointManager
+  step_fn: object  # the tf.function from build_train_step
+  dataset: object  # distributed dataset of training batches
+  validation_dataset: object  # finite dataset of validation batches, or None
+  source: str  # the data folder ("" when the dataset was given)
+  write_dir: str  # this process's folder (the run directory on the chief)
+  chief: bool
+
+  @property
+  def step(self):
+    return int(self.step_var.numpy())
+
+  def run(self):
+    """Trains from the restored step to config.steps. Returns the dict described in `train`."""
+    config = self.config
+    start = self.step
+    if start >= config.steps:
+      print(f"{config.model_dir} already reached step {start} >= steps={config.steps}; nothing to do.")
+      return {"step": start, "status": "done"}
+    global_batch = config.batch_size * self.strategy.num_replicas_in_sync
+    writer = (tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) if self.chief
+              else tf.summary.create_noop_writer())
+    stop = {"signal": None}
+    previous_handlers = _catch_signals(stop)
+    progress = _Progress(config.steps, start) if self.chief else None
+    status, metrics, last_save, fixed_batch = "done", {}, time.time(), None
+    window_start, window_steps = time.time(), 0
+    iterator = iter(self.dataset)
+    try:
+      step = start
+      while step < config.steps:
+        try:
+          batch = next(iterator)
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+          raise _data_fault(e, self.source, self.manager) from None
+        if fixed_batch is None and self.strategy.num_replicas_in_sync == 1:
+          fixed_batch = batch
+        out = self.step_fn(batch)
+        step += 1
+        window_steps += 1
+        log_now = step % config.log_every == 0 or step == config.steps or stop["signal"]
+        save_now = step % config.checkpoint_every == 0 or time.time() - last_save > config.checkpoint_every_secs
+        validate_now = bool(config.validate_every) and (step % config.validate_every == 0 or step == config.steps)
+        if (log_now or save_now or validate_now) and int(self.non_finite_steps.numpy()) > 0:
+          status = "non_finite"
+          message = (f"Non-finite loss or gradient by step {step}: that step changed no weight or optimizer state, "
+                     f"and training stopped without saving. The last checkpoint is {self.manager.latest_checkpoint}. "
+                     "Lower --learning_rate or check the data, then run the same command to resume from it.")
+          logging.error(message)
+          print(message, file=sys.stderr, flush=True)
+          break
+        if log_now:
+          metrics = {k: float(v.numpy()) for k, v in out.items()}
+          elapsed = time.time() - window_start
+          metrics["pairs_per_second"] = window_steps * global_batch / max(elapsed, 1e-9)
+          metrics["seconds_per_step"] = elapsed / max(window_steps, 1)
+          metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+          window_start, window_steps = time.time(), 0
+          with writer.as_default(step=step):
+            for name, value in metrics.items():
+              if name != "finite":
+                tf.summary.scalar(name, value)
+          if progress:
+            progress.update(step, metrics, final=step == config.steps)
+        if fixed_batch is not None and self.chief and (step % config.image_summary_every == 0 or
+                                                       step == config.steps):
+          with writer.as_default(step=step):
+            _image_summaries(self.net, fixed_batch)
+        if validate_now and self.validation_dataset is not None:
+          self._validate(step, writer)
+        if stop["signal"]:
+          status = "interrupted"
+          break
+        if save_now:
+          self.manager.save(checkpoint_number=step)
+          last_save = time.time()
+      if status != "non_finite":
+        self.manager.save(checkpoint_number=self.step)
+        if status == "interrupted":
+          print(f"\nInterrupted at step {self.step}; checkpoint saved to {self.manager.latest_checkpoint}. "
+                "Run the same command again to resume.", flush=True)
+    finally:
+      writer.flush()
+      for signum, handler in previous_handlers.items():
+        signal.signal(signum, handler)
+    return {"step": self.step, "status": status, **metrics}
+
+  def _validate(self, step, writer):
+    """Validation metrics to TensorBoard; a checkpoint in best/ when the median error is the lowest so far."""
+    row = validate(self.net, self.validation_dataset, self.config.validate_pairs)
+    with writer.as_default(step=step):
+      for name in ("mean", "median", "under_30", "over_90", "das", "near_part"):
+        if name in row and math.isfinite(row[name]):
+          tf.summary.scalar(f"validation/{name}", row[name])
+    best_file = os.path.join(self.write_dir, BEST_DIR, BEST_FILE)
+    best = None
+    if tf.io.gfile.exists(best_file):
+      with tf.io.gfile.GFile(best_file) as f:
+        best = json.load(f)
+    if best is None or row["median"] < best["median"]:
+      self.best_manager.save(checkpoint_number=step)
+      tmp = best_file + ".tmp"
+      with tf.io.gfile.GFile(tmp, "w") as f:
+        json.dump({"step": step, **{k: v for k, v in row.items() if isinstance(v, (int, float))}}, f, indent=2)
+      tf.io.gfile.rename(tmp, best_file, overwrite=True)
+    if self.chief:
+      print(f"validation at step {step}: median {row['median']:.1f} deg, mean {row['mean']:.1f}"
+            + (f", DAS {row['das']:.3f}" if math.isfinite(row.get("das", float("nan"))) else "")
+            + f" (best median so far {min(row['median'], best['median']) if best else row['median']:.1f})",
+            file=sys.stderr, flush=True)
+
+
+def _catch_signals(stop):
+  """SIGINT / SIGTERM set stop["signal"] (the loop then saves and returns); returns the previous handlers."""
+  def on_signal(signum, _):
+    stop["signal"] = signum
+
+  previous = {}
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    try:
+      previous[signum] = signal.signal(signum, on_signal)
+    except ValueError:  # not in the main thread
+      pass
+  return previous
+
+
+def set_up(config, dataset=None, validation_dataset=None, build_data=None):
+  """Creates the strategy, data, model, optimizer and checkpoint of a run and restores its last checkpoint.
 
   Args:
     config: TrainConfig.
-    dataset: optional tf.data.Dataset of batches (input_pipeline format) used instead of the configured source
-      (tests use this). Its batch size must be batch_size * replicas.
+    dataset: optional tf.data.Dataset of training batches (input_pipeline format) used instead of the configured
+      source (tests use this). Its batches are global: batch_size * replicas pairs, split between workers.
+    validation_dataset: optional finite dataset of validation batches (default: the source's validation split
+      when config.validate_every > 0 and no `dataset` is given).
+    build_data: optional callable (data_dir, dataset_config) that builds missing data (see runs.dataset_source).
   Returns:
-    dict: "step" (last step reached), "status" ("done", "interrupted" or "non_finite"), and the last logged
-    metrics as Python floats.
+    Trainer.
+  Raises:
+    TrainingError: bad settings, a conflicting earlier run, or a checkpoint that does not match the model.
   """
   config = resolve(config)
+  # First: a multi-worker strategy must exist before anything starts TensorFlow's runtime.
+  strategy = make_strategy(config.strategy, config.worker_timeout_secs)
   if config.mixed_precision:
     # bfloat16 needs no loss scaling (float16 would, and its scaled gradients would defeat the clipping).
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
-  strategy = make_strategy(config.strategy)
+  chief = is_chief(strategy)
+  own_dir = write_dir(config.model_dir, strategy)
   global_batch = config.batch_size * strategy.num_replicas_in_sync
+  source = ""
   if dataset is None:
-    source = dataset_source(config)
-    dataset = input_pipeline.make_dataset(source, "train", global_batch, image_size=config.image_size,
-                                          shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+    source = runs.dataset_source(config, build=build_data)
+    spec = input_pipeline.make_dataset(source, "train", None, shuffle=False, repeat=False).element_spec
+    distributed = _source_dataset(strategy, config, source, global_batch)
+    if validation_dataset is None and config.validate_every:
+      validation_dataset = _validation_dataset(config, source)
+  else:
+    spec = dataset.element_spec
+    distributed = _distribute(strategy, _numeric(dataset), global_batch)
   if config.supervised:
-    data_keypoints = dataset.element_spec["keypoints"].shape[-2]
+    data_keypoints = spec["keypoints"].shape[-2]
     if data_keypoints == 0:
       raise TrainingError("--supervised needs ground-truth keypoints, and this data has none (ShapeNet and the "
                           "released TFRecords carry no keypoints); train on the procedural data set.")
     if data_keypoints is not None and data_keypoints != config.model.num_keypoints:
       raise TrainingError(f"--supervised regresses the data's {data_keypoints} ground-truth keypoints, but "
                           f"num_keypoints={config.model.num_keypoints}: pass --num_keypoints={data_keypoints}.")
-  # The step needs only numeric tensors (a string model_id would also stop XLA compiling it).
-  dataset = dataset.map(lambda batch: {k: v for k, v in batch.items() if k != "model_id"})
-  _write_or_check_config(config)
+  _write_or_check_config(config, own_dir)
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
     net = model_lib.build_model(config.model, image_size=config.image_size)
@@ -393,86 +624,29 @@ def train(config, dataset=None):
     non_finite_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="non_finite_steps")
     generator = tf.random.Generator.from_seed(config.seed)
   checkpoint = tf.train.Checkpoint(model=net, optimizer=optimizer, step=step_var, generator=generator)
-  manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.model_dir, "checkpoints"),
-                                       max_to_keep=config.keep_checkpoints)
+  manager = tf.train.CheckpointManager(checkpoint, runs.checkpoint_dir(own_dir), max_to_keep=config.keep_checkpoints)
+  best_manager = tf.train.CheckpointManager(checkpoint, os.path.join(own_dir, BEST_DIR), max_to_keep=1)
   if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    runs.restore_all(checkpoint, manager.latest_checkpoint, f"run {config.model_dir}")
     logging.info("Resumed from %s at step %d.", manager.latest_checkpoint, int(step_var.numpy()))
-    print(f"Resuming from {manager.latest_checkpoint} (step {int(step_var.numpy())}).", flush=True)
-  start = int(step_var.numpy())
-  if start >= config.steps:
-    print(f"{config.model_dir} already reached step {start} >= steps={config.steps}; nothing to do.")
-    return {"step": start, "status": "done"}
-
+    if chief:
+      print(f"Resuming from {manager.latest_checkpoint} (step {int(step_var.numpy())}).", flush=True)
   step_fn = build_train_step(net, optimizer, strategy, config, generator, step_var, non_finite_steps)
-  iterator = iter(strategy.experimental_distribute_dataset(dataset))
-  writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
-  fixed_batch = None
-  stop = {"signal": None}
+  return Trainer(config=config, strategy=strategy, net=net, optimizer=optimizer, step_var=step_var,
+                 non_finite_steps=non_finite_steps, checkpoint=checkpoint, manager=manager,
+                 best_manager=best_manager, step_fn=step_fn, dataset=distributed,
+                 validation_dataset=validation_dataset, source=source, write_dir=own_dir, chief=chief)
 
-  def on_signal(signum, _):
-    stop["signal"] = signum
 
-  previous_handlers = {}
-  for signum in (signal.SIGINT, signal.SIGTERM):
-    try:
-      previous_handlers[signum] = signal.signal(signum, on_signal)
-    except ValueError:  # not in the main thread
-      pass
-  progress = _Progress(config.steps, start)
-  status, metrics, last_save = "done", {}, time.time()
-  window_start, window_steps = time.time(), 0
-  try:
-    step = start
-    while step < config.steps:
-      batch = next(iterator)
-      if fixed_batch is None:
-        fixed_batch = batch if strategy.num_replicas_in_sync == 1 else None
-      out = step_fn(batch)
-      step += 1
-      window_steps += 1
-      log_now = step % config.log_every == 0 or step == config.steps or stop["signal"]
-      save_now = step % config.checkpoint_every == 0 or time.time() - last_save > config.checkpoint_every_secs
-      if (log_now or save_now) and int(non_finite_steps.numpy()) > 0:
-        status = "non_finite"
-        message = (f"Non-finite loss or gradient by step {step}: training stopped without saving. The last good "
-                   f"checkpoint is {manager.latest_checkpoint}. Lower --learning_rate or check the data, then "
-                   "resume from it.")
-        logging.error(message)
-        print(message, file=sys.stderr, flush=True)
-        break
-      if log_now:
-        metrics = {k: float(v.numpy()) for k, v in out.items()}
-        elapsed = time.time() - window_start
-        metrics["pairs_per_second"] = window_steps * global_batch / max(elapsed, 1e-9)
-        metrics["seconds_per_step"] = elapsed / max(window_steps, 1)
-        metrics["learning_rate"] = float(optimizer.learning_rate.numpy()) if hasattr(
-            optimizer.learning_rate, "numpy") else float(config.learning_rate)
-        window_start, window_steps = time.time(), 0
-        with writer.as_default(step=step):
-          for name, value in metrics.items():
-            if name != "finite":
-              tf.summary.scalar(name, value)
-        progress.update(step, metrics, final=step == config.steps)
-      if fixed_batch is not None and (step % config.image_summary_every == 0 or step == config.steps):
-        with writer.as_default(step=step):
-          _image_summaries(net, fixed_batch)
-      if stop["signal"]:
-        status = "interrupted"
-        break
-      if save_now:
-        manager.save(checkpoint_number=step)
-        last_save = time.time()
-    if status != "non_finite":
-      manager.save(checkpoint_number=int(step_var.numpy()))
-      if status == "interrupted":
-        print(f"\nInterrupted at step {int(step_var.numpy())}; checkpoint saved to {manager.latest_checkpoint}. "
-              "Run the same command again to resume.", flush=True)
-  finally:
-    writer.flush()
-    for signum, handler in previous_handlers.items():
-      signal.signal(signum, handler)
-  return {"step": int(step_var.numpy()), "status": status, **metrics}
+def train(config, dataset=None, validation_dataset=None, build_data=None):
+  """Trains (or resumes) a run and returns its final metrics: `set_up(...).run()`.
+
+  Args: see set_up.
+  Returns:
+    dict: "step" (last step reached), "status" ("done", "interrupted" or "non_finite"), and the last logged
+    metrics as Python floats.
+  """
+  return set_up(config, dataset, validation_dataset, build_data).run()
 
 
 def _image_summaries(net, batch, max_images=4):

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import input_pipeline
+from keypointnet_tf import runs
 from keypointnet_tf import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +38,7 @@ def _one_batch_dataset(data_dir, config_name, batch_size=4):
 
 
 def _weights(model_dir):
-  net, _ = training.load_trained_model(model_dir)
+  net, _ = runs.load_trained_model(model_dir)
   return [v.numpy() for v in net.weights]
 
 
@@ -125,10 +126,10 @@ def test_pretrained_orientation_network_is_loaded_and_frozen(tiny_planes, tmp_pa
   data_dir, name = tiny_planes
   donor = _config(tmp_path / "donor", steps=2)
   training.train(donor, _one_batch_dataset(data_dir, name))
-  donor_net, _ = training.load_trained_model(donor.model_dir)
+  donor_net, _ = runs.load_trained_model(donor.model_dir)
   config = _config(tmp_path / "user", steps=3, orientation_from=donor.model_dir)
   training.train(config, _one_batch_dataset(data_dir, name))
-  net, _ = training.load_trained_model(config.model_dir)
+  net, _ = runs.load_trained_model(config.model_dir)
   for mine, theirs in zip(net.orientation_backbone.convs + [net.orientation_head],
                           donor_net.orientation_backbone.convs + [donor_net.orientation_head]):
     np.testing.assert_array_equal(mine.kernel.numpy(), theirs.kernel.numpy())
@@ -142,7 +143,7 @@ _EQUIVALENCE_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from keypointnet_tf import config as config_lib, input_pipeline, training
+    from keypointnet_tf import config as config_lib, input_pipeline, runs, training
     data_dir, name, out = sys.argv[1:4]
     source = input_pipeline.find_tfds_dir(data_dir, name)
     batch = next(iter(input_pipeline.make_dataset(source, "train", 8, image_size=32, deterministic=True)))
@@ -154,7 +155,7 @@ _EQUIVALENCE_SCRIPT = textwrap.dedent("""
           model=config_lib.ModelConfig(num_keypoints=4, num_filters=8, sync_batch_norm=True),
           loss=config_lib.LossConfig(pose_noise_stddev=0.0))
       result = training.train(config, tf.data.Dataset.from_tensors(batch).repeat())
-      net, _ = training.load_trained_model(config.model_dir)
+      net, _ = runs.load_trained_model(config.model_dir)
       results[strategy] = {"loss": result["total"], "norm": result["gradient_norm"],
                            "weights": np.concatenate([w.numpy().ravel() for w in net.weights])}
     diff = np.abs(results["default"]["weights"] - results["mirrored"]["weights"])

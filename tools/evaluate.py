@@ -22,6 +22,7 @@ from absl import flags
 
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import evaluation
+from keypointnet_tf import runs
 from keypointnet_tf import training
 
 _DIRS = flags.DEFINE_list("model_dirs", None, "Run directories to evaluate.", required=True)
@@ -40,7 +41,7 @@ _DATASET_CONFIG = flags.DEFINE_string("dataset_config", None, "shapenet_pairs co
 def _default_name(model_dir):
   """"<method name> (<dir>)" for a training run; the directory alone for a SavedModel or an unreadable run."""
   try:
-    return f"{config_lib.method_name(training.load_config(model_dir))} ({model_dir})"
+    return f"{config_lib.method_name(runs.load_config(model_dir))} ({model_dir})"
   except (FileNotFoundError, ValueError, TypeError, KeyError):
     return model_dir
 
@@ -62,13 +63,13 @@ def main(argv):
             category=_CATEGORY.value, data_dir=_DATA_DIR.value or "", released_dir=_RELEASED.value or "",
             dataset_config=_DATASET_CONFIG.value or ""))
         category = config.category
-        row = evaluation.evaluate_saved_model(model_dir, training.dataset_source(config, build_if_missing=False),
+        row = evaluation.evaluate_saved_model(model_dir, runs.dataset_source(config),
                                               _SPLIT.value, noise_stddev=_NOISE.value, max_pairs=_MAX_PAIRS.value)
       else:
         row, category = evaluation.evaluate_run(model_dir, _SPLIT.value, noise_stddev=_NOISE.value,
                                                 max_pairs=_MAX_PAIRS.value, data_dir=_DATA_DIR.value,
                                                 released_dir=_RELEASED.value)
-    except (FileNotFoundError, ValueError, training.TrainingError) as e:
+    except (FileNotFoundError, ValueError, runs.RunError) as e:
       print(f"error: {model_dir}: {e}", file=sys.stderr)
       return 2
     errors = row.pop("errors")

@@ -16,7 +16,7 @@ from absl import flags
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import export
 from keypointnet_tf import geometry
-from keypointnet_tf import training
+from keypointnet_tf import runs
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory (default <model_dir>/serving/1).")
@@ -30,8 +30,8 @@ def main(argv):
     print(f"error: {output} exists and is not empty; choose another --output or remove it.", file=sys.stderr)
     return 2
   try:
-    net, config = training.load_trained_model(_MODEL_DIR.value)
-  except FileNotFoundError as e:
+    net, config = runs.load_trained_model(_MODEL_DIR.value)
+  except (FileNotFoundError, runs.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   export.export_saved_model(net, output, config.image_size, geometry.focal_from_fov(_FOV.value))

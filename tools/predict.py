@@ -21,8 +21,9 @@ import tensorflow as tf
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import input_pipeline
 from keypointnet_tf import prediction
-from keypointnet_tf import training
+from keypointnet_tf import runs
 from keypointnet_tf import visualization
+from keypointnet_datasets.shapenet_pairs import build
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 _IMAGES = flags.DEFINE_string("images", None, "Folder of PNG/JPEG images.")
@@ -38,8 +39,8 @@ def main(argv):
     print("error: give exactly one of --images, --test_examples, --turntable", file=sys.stderr)
     return 2
   try:
-    net, config = training.load_trained_model(_MODEL_DIR.value)
-  except FileNotFoundError as e:
+    net, config = runs.load_trained_model(_MODEL_DIR.value)
+  except (FileNotFoundError, runs.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"Keypoints of {config_lib.method_name(config)} ({_MODEL_DIR.value}).", flush=True)
@@ -63,7 +64,11 @@ def main(argv):
       return 2
     images = np.stack(arrays)
   elif _TEST.value:
-    source = training.dataset_source(training.resolve(config))
+    try:
+      source = runs.dataset_source(config, build=build.build_config)
+    except (FileNotFoundError, runs.RunError, build.DataBuildError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
     batch = next(iter(input_pipeline.make_dataset(source, "test", _TEST.value, image_size=config.image_size,
                                                   shuffle=False, repeat=False, deterministic=True,
                                                   drop_remainder=False)))

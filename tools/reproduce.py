@@ -26,7 +26,8 @@ import tensorflow as tf
 
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import reproduction
-from keypointnet_tf import training
+from keypointnet_tf import runs
+from keypointnet_datasets.shapenet_pairs import build
 
 _CATEGORIES = flags.DEFINE_list("category", ["planes"], "Categories (cars, planes, chairs).")
 _PRESET = flags.DEFINE_enum("preset", "auto", list(config_lib.PRESETS),
@@ -55,11 +56,13 @@ def main(argv):
   command = "python tools/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   for category in _CATEGORIES.value:
     config, _ = config_lib.preset(_PRESET.value, category, gpu_visible)
-    config = dataclasses.replace(config, data_dir=_DATA_DIR.value, steps=_STEPS.value or config.steps)
     try:
+      config = config_lib.fit_schedules(dataclasses.replace(config, data_dir=_DATA_DIR.value),
+                                        _STEPS.value or config.steps)
       reproduction.reproduce(config, _OUTPUT_DIR.value, _RUNS_DIR.value, _ABLATIONS.value, _MAX_PAIRS.value,
-                             log=lambda message: print(message, flush=True), command=command.strip())
-    except (training.TrainingError, FileNotFoundError, ValueError) as e:
+                             log=lambda message: print(message, flush=True), command=command.strip(),
+                             build_data=build.build_config)
+    except (runs.RunError, build.DataBuildError, FileNotFoundError, ValueError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
   path = reproduction.write_report(_OUTPUT_DIR.value, _REPORT.value, command.strip())

@@ -23,7 +23,9 @@ from absl import flags
 import tensorflow as tf
 
 from keypointnet_tf import config as config_lib
+from keypointnet_tf import runs
 from keypointnet_tf import training
+from keypointnet_datasets.shapenet_pairs import build
 
 _PRESET = flags.DEFINE_enum("preset", "auto", list(config_lib.PRESETS),
                             "auto: the CPU preset when no GPU is visible, else the paper's recipe. cpu_label_free: "
@@ -36,9 +38,12 @@ _INT_FLAGS = {name: flags.DEFINE_integer(name, None, help_text) for name, help_t
     ("anneal_end", "Orientation-flag anneal end step."), ("seed", "Random seed."),
     ("warmup_steps", "Learning-rate warm-up steps."), ("log_every", "Steps between logs."),
     ("checkpoint_every", "Steps between checkpoints."),
+    ("validate_every", "Steps between validation-split evaluations (TensorBoard, best/ checkpoint); 0: never."),
+    ("validate_pairs", "Validation pairs evaluated each time."),
     ("anchor_steps", "Step at which the anchor loss weight has decayed to 0 (CPU preset: half the steps).")]}
 _FLOAT_FLAGS = {name: flags.DEFINE_float(name, None, help_text) for name, help_text in [
-    ("learning_rate", "Adam learning rate."), ("noise", "Pose-loss noise stddev (object units)."),
+    ("learning_rate", "Adam learning rate."),
+    ("worker_timeout_secs", "multi_worker: seconds to wait for the other workers before exiting with a message."), ("noise", "Pose-loss noise stddev (object units)."),
     ("separation_delta", "Separation threshold on squared distance."),
     ("pose_weight", "Weight of the pose loss."), ("consistency_weight", "Weight of the consistency loss."),
     ("separation_weight", "Weight of the separation loss."), ("silhouette_weight", "Weight of the silhouette loss."),
@@ -64,8 +69,9 @@ _FUSED_BN = flags.DEFINE_bool("fused_batch_norm", None, "Batch norm through Tens
 def _config_from_flags():
   config, preset = config_lib.preset(_PRESET.value, _CATEGORY.value, bool(tf.config.list_physical_devices("GPU")))
   top = {name: flag.value for name, flag in {**_INT_FLAGS, **_STR_FLAGS}.items()
-         if flag.value is not None and name not in ("num_keypoints", "num_filters")}
+         if flag.value is not None and name not in ("num_keypoints", "num_filters", "steps")}
   top.update({name: flag.value for name, flag in [("learning_rate", _FLOAT_FLAGS["learning_rate"]),
+                                                   ("worker_timeout_secs", _FLOAT_FLAGS["worker_timeout_secs"]),
                                                    ("supervised", _SUPERVISED), ("strategy", _STRATEGY),
                                                    ("mixed_precision", _MIXED), ("jit_compile", _JIT)]
               if flag.value is not None})
@@ -81,12 +87,34 @@ def _config_from_flags():
   config = dataclasses.replace(
       config, **top, model=dataclasses.replace(config.model, **model),
       loss=dataclasses.replace(config.loss, **loss, weights=dataclasses.replace(config.loss.weights, **weights)))
-  return config, preset
+  # The flag anneal and the anchor scale with --steps when the preset's would not finish within them; a resumed
+  # run keeps the schedules it was started with.
+  explicit = [name for name in config_lib.SCHEDULE_FIELDS if _INT_FLAGS[name].value is not None]
+  steps = _INT_FLAGS["steps"].value or config.steps
+  saved = _saved_run(training.resolve(config).model_dir)
+  if saved is None:
+    return config_lib.fit_schedules(config, steps, explicit), preset
+  kept = {name: getattr(saved, name) for name in config_lib.SCHEDULE_FIELDS if name not in explicit}
+  return dataclasses.replace(config, steps=steps, **kept), preset
+
+
+def _saved_run(model_dir):
+  """The TrainConfig of the run in model_dir when it has a checkpoint to resume from, else None."""
+  if tf.train.latest_checkpoint(runs.checkpoint_dir(model_dir)) is None:
+    return None
+  try:
+    return runs.load_config(model_dir)
+  except FileNotFoundError:
+    return None
 
 
 def main(argv):
   del argv
-  config, preset = _config_from_flags()
+  try:
+    config, preset = _config_from_flags()
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   print(f"Training {config_lib.method_name(config)} on {config.category} with the {preset} ({config.steps} steps, "
         f"batch {config.batch_size}, {config.image_size} px, {config.model.num_filters} filters).", flush=True)
   if config.loss.weights.anchor and not config.supervised:
@@ -94,8 +122,8 @@ def main(argv):
           "object's +-x axis ends until step {:,}: two landmarks from the absolute pose. --anchor_weight=0 trains "
           "the paper's losses only.".format(config.anchor_steps), flush=True)
   try:
-    result = training.train(config)
-  except (training.TrainingError, FileNotFoundError, ValueError) as e:
+    result = training.train(config, build_data=build.build_config)
+  except (runs.RunError, build.DataBuildError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"Finished: {result}")

@@ -31,6 +31,10 @@ from keypointnet_datasets.shapenet_pairs import meshes  # pylint: disable=g-impo
 _ZNEAR, _ZFAR = 20.0, 40.0
 
 
+class RenderingError(RuntimeError):
+  """Rendering cannot run here (no EGL, a worker died); the message says what to install."""
+
+
 class Renderer:
   """One OpenGL context rendering square RGBA images.
 
@@ -163,7 +167,7 @@ def render_jobs(jobs, image_size, fov_degrees=5.0, num_workers=None):
       worker = workers[received % num_workers]
       result = _read_message(worker.stdout)
       if result is None:
-        raise RuntimeError(f"Rendering worker exited with code {worker.wait()} (see its messages above). "
+        raise RenderingError(f"Rendering worker exited with code {worker.wait()} (see its messages above). "
                            "Headless rendering needs Mesa's EGL: apt-get install libegl1 libegl-mesa0 "
                            "libgl1-mesa-dri (bash install.sh does this).")
       job = next(jobs, None)

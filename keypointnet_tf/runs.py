@@ -1,0 +1,126 @@
+"""Training runs on disk: their config.json and checkpoints, and loading a trained model from them.
+
+A run directory (tools/train.py --model_dir) holds `config.json` (the resolved `config.TrainConfig`),
+`checkpoints/` (tf.train.CheckpointManager) and TensorBoard logs. Evaluation, export, prediction and the frozen
+orientation network of the paper's rows b/c all load runs through `load_trained_model`, which refuses a checkpoint
+that does not hold every weight of the run's model.
+"""
+
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+from keypointnet_tf import config as config_lib
+from keypointnet_tf import input_pipeline
+from keypointnet_tf import model as model_lib
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class RunError(RuntimeError):
+  """A run that cannot be loaded, started or continued, with a message that says what to do."""
+
+
+def config_to_dict(config):
+  """TrainConfig -> JSON-ready dict (nested dicts for the model and loss)."""
+  return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(values):
+  """Inverse of config_to_dict; fields missing from `values` (added since it was written) get their defaults."""
+  values = dict(values)
+  values["model"] = config_lib.ModelConfig(**values["model"])
+  loss = dict(values["loss"])
+  loss["weights"] = config_lib.LossWeights(**loss["weights"])
+  values["loss"] = config_lib.LossConfig(**loss)
+  return config_lib.TrainConfig(**values)
+
+
+def load_config(model_dir):
+  """The resolved TrainConfig saved beside a run's checkpoints."""
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path} not found: {model_dir} is not a training run directory.")
+  with tf.io.gfile.GFile(path) as f:
+    return config_from_dict(json.load(f))
+
+
+def checkpoint_dir(model_dir):
+  return os.path.join(model_dir, CHECKPOINT_DIR)
+
+
+def restore_all(checkpoint, path, what):
+  """Restores `checkpoint` from `path` and checks that every object it tracks was found there.
+
+  Args:
+    checkpoint: tf.train.Checkpoint whose objects (model, optimizer, ...) already have their variables.
+    path: checkpoint prefix.
+    what: str naming the run, for the error message.
+  Returns:
+    the restore status (expect_partial() already called: values in the file that `checkpoint` does not track,
+    e.g. an optimizer's when only the model is loaded, are fine).
+  Raises:
+    RunError: a variable of `checkpoint` is missing from the file or has another shape.
+  """
+  try:
+    status = checkpoint.restore(path)
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+    detail = str(e).strip().splitlines()
+    detail = "\n  ".join(detail[:6] + (["..."] if len(detail) > 6 else []))
+    raise RunError(f"{what}: the checkpoint {path} does not hold every weight of this run's model (it was written "
+                   f"by another model or configuration, or is damaged), so nothing was loaded from it:\n  {detail}\n"
+                   "Check that config.json belongs to these checkpoints, or train the run again.") from e
+  return status.expect_partial()
+
+
+def load_trained_model(model_dir, checkpoint=None):
+  """KeypointNet of a training run, with the latest (or the given) checkpoint's weights, all of them.
+
+  Args:
+    model_dir: run directory.
+    checkpoint: optional checkpoint prefix; default the latest in <model_dir>/checkpoints.
+  Returns:
+    (model, TrainConfig).
+  Raises:
+    FileNotFoundError: no config.json or no checkpoint.
+    RunError: the checkpoint lacks some of the model's weights or has other shapes (see restore_all).
+  """
+  run_config = load_config(model_dir)
+  net = model_lib.build_model(run_config.model, image_size=32)
+  checkpoint = checkpoint or tf.train.latest_checkpoint(checkpoint_dir(model_dir))
+  if checkpoint is None:
+    raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(model_dir)}: train first (tools/train.py).")
+  restore_all(tf.train.Checkpoint(model=net), checkpoint, f"run {model_dir}")
+  return net, run_config
+
+
+def dataset_source(config, build=None):
+  """The directory input_pipeline.make_dataset reads for a run: the released TFRecords or the built TFDS config.
+
+  Args:
+    config: a resolved TrainConfig (dataset_config filled in).
+    build: optional callable (data_dir, dataset_config) that builds a missing shapenet_pairs config. The library
+      never imports the dataset builder (it starts renderer processes); the tools pass
+      keypointnet_datasets.shapenet_pairs.build.build_config.
+  Raises:
+    RunError: released_dir is not a folder of the paper's TFRecords.
+    FileNotFoundError: the TFDS config is not built and `build` is None (the message has the build command).
+  """
+  if config.released_dir:
+    if not input_pipeline.is_released_dir(config.released_dir):
+      raise RunError(f"released_dir={config.released_dir} has no projection.txt and *.tfrecord shards.")
+    return config.released_dir
+  data_dir = config.data_dir or os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+  try:
+    return input_pipeline.find_tfds_dir(data_dir, config.dataset_config)
+  except FileNotFoundError:
+    if build is None:
+      raise
+  print(f"Building the shapenet_pairs/{config.dataset_config} data set in {data_dir} (first run only)...",
+        flush=True)
+  build(data_dir, config.dataset_config)
+  return input_pipeline.find_tfds_dir(data_dir, config.dataset_config)
