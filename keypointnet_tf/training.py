@@ -10,8 +10,8 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
-import threading
 import time
 
 from absl import logging
@@ -172,7 +172,7 @@ def make_strategy(name, worker_timeout_secs=300.0):
   Args:
     name: str.
     worker_timeout_secs: float. multi_worker only: when the other workers have not joined within this time the
-      process prints which workers were expected (TF_CONFIG) and exits with status 3 instead of waiting forever.
+      process prints which workers were expected (TF_CONFIG) and is killed instead of waiting forever.
   """
   if name == "auto":
     gpus = tf.config.list_physical_devices("GPU")
@@ -200,21 +200,32 @@ def _multi_worker_strategy(timeout_secs):
     raise TrainingError(f"TF_CONFIG is not a valid cluster description ({e!r}). Expected e.g. "
                         '{"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}, '
                         '"task": {"type": "worker", "index": 0}}') from e
-  joined = threading.Event()
-
-  def watchdog():
-    if not joined.wait(timeout_secs):
-      others = [a for a in addresses if a != me]
-      print(f"error: multi-worker training: the other workers ({', '.join(others)}) did not join this one ({me}) "
-            f"within {timeout_secs:g} s. Start the same command on every machine of TF_CONFIG's cluster with "
-            "its own task index, check that the addresses and ports are reachable from here, or raise "
-            "--worker_timeout_secs.", file=sys.stderr, flush=True)
-      os._exit(3)  # pylint: disable=protected-access  (the runtime is blocked inside the strategy's start-up)
-
-  threading.Thread(target=watchdog, daemon=True).start()
-  strategy = tf.distribute.MultiWorkerMirroredStrategy()
-  joined.set()
+  others = [a for a in addresses if a != me]
+  message = (f"error: multi-worker training: the other workers ({', '.join(others)}) did not join this one ({me}) "
+             f"within {timeout_secs:g} s, so it was stopped. Start the same command on every machine of "
+             "TF_CONFIG's cluster with its own task index, check that the addresses and ports are reachable from "
+             "here, or raise --worker_timeout_secs.")
+  # The strategy's start-up blocks inside TensorFlow holding the GIL, so a Python thread cannot time it out; a
+  # small watchdog process does, and goes away quietly when the strategy is up (or this process ends).
+  watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_secs), message],
+                              stdin=subprocess.PIPE)
+  try:
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  finally:
+    watchdog.stdin.close()
+    watchdog.wait()
   return strategy
+
+
+# Waits for its stdin to close; if that takes longer than argv[2] seconds, prints argv[3] and kills process argv[1].
+_WATCHDOG = """
+import os, select, signal, sys
+pid, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], timeout)
+if not ready:
+  print(message, file=sys.stderr, flush=True)
+  os.kill(pid, signal.SIGKILL)
+"""
 
 
 def is_chief(strategy):
@@ -572,7 +583,9 @@ def set_up(config, dataset=None, validation_dataset=None, build_data=None):
   Args:
     config: TrainConfig.
     dataset: optional tf.data.Dataset of training batches (input_pipeline format) used instead of the configured
-      source (tests use this). Its batches are global: batch_size * replicas pairs, split between workers.
+      source (tests use this), or a function of no arguments that returns one (needed for multi_worker: building
+      a dataset starts TensorFlow's runtime, which must wait until the strategy exists). Its batches are global:
+      batch_size * replicas pairs, split between workers.
     validation_dataset: optional finite dataset of validation batches (default: the source's validation split
       when config.validate_every > 0 and no `dataset` is given).
     build_data: optional callable (data_dir, dataset_config) that builds missing data (see runs.dataset_source).
@@ -598,6 +611,7 @@ def set_up(config, dataset=None, validation_dataset=None, build_data=None):
     if validation_dataset is None and config.validate_every:
       validation_dataset = _validation_dataset(config, source)
   else:
+    dataset = dataset() if callable(dataset) else dataset
     spec = dataset.element_spec
     distributed = _distribute(strategy, _numeric(dataset), global_batch)
   if config.supervised:
