@@ -21,6 +21,7 @@ Element (before batching; batching adds a leading B):
 import csv
 import itertools
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -236,6 +237,14 @@ def make_dataset(source, split, batch_size, image_size=None, shuffle=True, repea
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
+def error_text(error):
+  """The readable part of a tf.data error: its first line without TensorFlow's function and iterator names."""
+  text = str(getattr(error, "message", error)).strip()
+  text = text.splitlines()[0] if text else type(error).__name__
+  text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
+  return re.sub(r"^Error in user-defined function passed to .*? with iterator: [\w:]+: ", "", text)
+
+
 def find_unreadable_record(source, split):
   """The first record of a split that cannot be read or decoded (for the error message of a data fault).
 
@@ -263,6 +272,5 @@ def find_unreadable_record(source, split):
       for _ in tf.data.TFRecordDataset(shard).map(parse):
         index += 1
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-      message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      return shard, index, message
+      return shard, index, error_text(e)
   return None

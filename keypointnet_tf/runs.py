@@ -69,8 +69,7 @@ def restore_all(checkpoint, path, what):
     status = checkpoint.restore(path)
     status.assert_existing_objects_matched()
   except (AssertionError, ValueError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-    detail = str(e).strip().splitlines()
-    detail = "\n  ".join(detail[:6] + (["..."] if len(detail) > 6 else []))
+    detail = str(e).strip().split(" Showing ")[0].splitlines()[0][:400]  # not the variables' values
     raise RunError(f"{what}: the checkpoint {path} does not hold every weight of this run's model (it was written "
                    f"by another model or configuration, or is damaged), so nothing was loaded from it:\n  {detail}\n"
                    "Check that config.json belongs to these checkpoints, or train the run again.") from e

@@ -368,9 +368,8 @@ def _data_fault(error, source, manager):
     found = input_pipeline.find_unreadable_record(source, "train")
     where = (f" The first unreadable record is #{found[1]} of shard {found[0]} ({found[2]})." if found else
              f" A scan of {source} found no unreadable train record (the fault may be transient).")
-  first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
   return TrainingError(
-      f"Training stopped: a training record cannot be read or decoded ({type(error).__name__}: {first_line})."
+      f"Training stopped: a training record cannot be read or decoded ({input_pipeline.error_text(error)})."
       f"{where} Nothing was saved after the fault: the last good checkpoint is {manager.latest_checkpoint}. "
       "Rebuild the data set (tfds build ... --overwrite) or remove the shard, then run the same command to "
       "resume.")

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import tensorflow as tf
 
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import input_pipeline
+from keypointnet_tf import model as model_lib
 from keypointnet_tf import runs
 from keypointnet_tf import training
 
@@ -372,3 +374,124 @@ def test_worker_without_peers_fails_in_bounded_time(tiny_planes, tmp_path):
   assert code == -signal.SIGKILL, stdout[-2000:] + stderr[-2000:]
   assert f"127.0.0.1:{ports[1]}" in stderr and "did not join" in stderr
   assert time.time() - started < 90
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Faults: half-loads, non-finite steps, corrupt records, missing EGL.
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_without_every_model_weight_is_refused(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  config = _config(tmp_path, steps=1)
+  training.train(config, _one_batch_dataset(data_dir, name))
+  checkpoints = os.path.join(config.model_dir, "checkpoints")
+  # A checkpoint of the same network under another name: nothing of "model" can be matched.
+  stranger = model_lib.build_model(config.model, image_size=32)
+  tf.train.Checkpoint(network=stranger).save(os.path.join(checkpoints, "ckpt"))
+  with pytest.raises(runs.RunError, match="does not hold every weight of this run's model") as error:
+    runs.load_trained_model(config.model_dir)
+  assert config.model_dir in str(error.value) and "not bound to checkpointed values" in str(error.value)
+  with pytest.raises(runs.RunError, match="does not hold every weight"):  # resuming refuses it too
+    training.train(dataclasses.replace(config, steps=3), _one_batch_dataset(data_dir, name))
+  # A checkpoint of a network with other shapes (config.json of another run).
+  wider = dataclasses.replace(config.model, num_filters=12)
+  tf.train.Checkpoint(model=model_lib.build_model(wider, image_size=32)).save(os.path.join(checkpoints, "ckpt"))
+  with pytest.raises(runs.RunError, match="does not hold every weight"):
+    runs.load_trained_model(config.model_dir)
+
+
+def test_non_finite_step_leaves_weights_and_optimizer_untouched(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  good = next(iter(_one_batch_dataset(data_dir, name)))
+  poisoned = dict(good, image0=good["image0"] * np.nan)
+  trainer = training.set_up(_config(tmp_path, steps=8), tf.data.Dataset.from_tensors(good).repeat())
+  numeric = {k: v for k, v in good.items() if k != "model_id"}
+  trainer.step_fn(numeric)
+  trainer.step_fn(numeric)  # Adam's moments are non-zero now: a zero-gradient update would still move weights
+
+  def state():
+    return [v.numpy().copy() for v in trainer.net.variables + trainer.optimizer.variables]
+
+  before = state()
+  metrics = trainer.step_fn({k: v for k, v in poisoned.items() if k != "model_id"})
+  assert float(metrics["finite"]) == 0.0 and int(trainer.non_finite_steps.numpy()) == 1
+  for a, b in zip(before, state()):
+    np.testing.assert_array_equal(a, b)
+  trainer.step_fn(numeric)  # and a good step afterwards still trains
+  assert any(not np.array_equal(a, b) for a, b in zip(before, state()))
+
+
+def _corrupt_one_record(source_dir, target_dir, split="train", index=1):
+  """Copies a built data set and replaces one record's first image with bytes that are not a PNG."""
+  shutil.copytree(source_dir, target_dir)
+  (shard,) = [p for p in os.listdir(target_dir) if f"-{split}.tfrecord" in p]
+  path = os.path.join(target_dir, shard)
+  records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+  example = tf.train.Example.FromString(records[index])
+  example.features.feature["img0"].bytes_list.value[0] = b"\x89PNG not really" + b"\0" * 64
+  records[index] = example.SerializeToString()
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in records:
+      writer.write(record)
+  return shard
+
+
+def test_corrupt_record_names_its_shard_and_keeps_the_last_checkpoint(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  config = _config(tmp_path, steps=2, data_dir=data_dir, dataset_config=name, batch_size=2, validate_every=0)
+  training.train(config)  # two good steps, checkpoint 2
+  bad_data = tmp_path / "bad"
+  version = input_pipeline.find_tfds_dir(data_dir, name)
+  shard = _corrupt_one_record(version, str(bad_data / "shapenet_pairs" / name / os.path.basename(version)))
+  assert input_pipeline.find_unreadable_record(input_pipeline.find_tfds_dir(str(bad_data), name), "train")[1] == 1
+  with pytest.raises(training.TrainingError, match=rf"record is #1 of shard .*{shard} \(Unknown image file format.*ckpt-2"):
+    training.train(dataclasses.replace(config, data_dir=str(bad_data), steps=40))
+  assert tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")).endswith("ckpt-2")
+  runs.load_trained_model(config.model_dir)  # still whole
+
+
+def test_missing_opengl_gives_the_install_line_not_a_traceback(tmp_path):
+  command = [sys.executable, os.path.join(REPO, "tools", "train.py"), f"--data_dir={tmp_path / 'tfds'}",
+             f"--model_dir={tmp_path / 'run'}", "--steps=2"]
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYOPENGL_PLATFORM="not-a-platform"))
+  assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "apt-get install -y libegl1" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+  assert not any(os.path.exists(os.path.join(root, "dataset_info.json"))
+                 for root, _, _ in os.walk(tmp_path / "tfds"))  # nothing half-written that looks built
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Schedules and validation.
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_schedules_fit_the_run_length():
+  preset = config_lib.cpu_preset("planes")  # 8,000 steps: anneal 3k-6k, anchor until 4k
+  short = config_lib.fit_schedules(preset, 2000)
+  assert (short.steps, short.anneal_start, short.anneal_end, short.anchor_steps) == (2000, 750, 1500, 1000)
+  longer = config_lib.fit_schedules(preset, 20000)  # already within: unchanged
+  assert (longer.anneal_start, longer.anneal_end, longer.anchor_steps) == (3000, 6000, 4000)
+  with pytest.raises(ValueError, match=r"anneal_end=6000 ends after the last step \(2000\)"):
+    config_lib.fit_schedules(preset, 2000, explicit=("anneal_start", "anneal_end"))
+  kept = config_lib.fit_schedules(dataclasses.replace(preset, anneal_start=100, anneal_end=200), 2000,
+                                  explicit=("anneal_start", "anneal_end"))
+  assert (kept.anneal_start, kept.anneal_end, kept.anchor_steps) == (100, 200, 1000)
+  supervised = config_lib.fit_schedules(dataclasses.replace(preset, supervised=True), 2000)
+  assert supervised.anneal_end == 6000  # the supervised baseline uses the ground-truth flag throughout
+
+
+def test_validation_goes_to_tensorboard_and_keeps_the_best_checkpoint(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  config = _config(tmp_path, steps=4, data_dir=data_dir, dataset_config=name, validate_every=2, log_every=2)
+  training.train(config)
+  with open(os.path.join(config.model_dir, "best", "best.json")) as f:
+    best = json.load(f)
+  assert best["step"] in (2, 4) and best["pairs"] == 2 and 0 <= best["das"] <= 1
+  assert tf.train.latest_checkpoint(os.path.join(config.model_dir, "best")).endswith(f"ckpt-{best['step']}")
+  tags = set()
+  for path in tf.io.gfile.glob(os.path.join(config.model_dir, "train", "events.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(value.tag for value in event.summary.value)
+  assert {"validation/median", "validation/mean", "validation/das"} <= tags

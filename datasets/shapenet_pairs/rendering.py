@@ -130,7 +130,12 @@ def _worker_main():
   stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
   sys.stdout = sys.stderr  # anything printed by libraries must not corrupt the result stream
   image_size, fov_degrees = _read_message(stdin)
-  renderer = Renderer(image_size, fov_degrees)
+  try:
+    renderer = Renderer(image_size, fov_degrees)
+  except Exception as e:  # pylint: disable=broad-except  (any failure to get a GL context: one line, no traceback)
+    print(f"rendering worker: cannot create an OpenGL context with PYOPENGL_PLATFORM="
+          f"{os.environ.get('PYOPENGL_PLATFORM')} ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+    sys.exit(1)
   while (job := _read_message(stdin)) is not None:
     _write_message(stdout, _run_job(renderer, job))
 
@@ -168,8 +173,8 @@ def render_jobs(jobs, image_size, fov_degrees=5.0, num_workers=None):
       result = _read_message(worker.stdout)
       if result is None:
         raise RenderingError(f"Rendering worker exited with code {worker.wait()} (see its messages above). "
-                           "Headless rendering needs Mesa's EGL: apt-get install libegl1 libegl-mesa0 "
-                           "libgl1-mesa-dri (bash install.sh does this).")
+                           "Headless rendering needs Mesa's EGL: apt-get install -y libegl1 libegl-mesa0 "
+                           "libgl1-mesa-dri (bash install.sh does this), with PYOPENGL_PLATFORM=egl (the default).")
       job = next(jobs, None)
       if job is not None:
         _write_message(worker.stdin, job)
