@@ -1,7 +1,8 @@
 """Data: procedural meshes, renders checked against trimesh's ray caster, the builder, readers, pipeline."""
 
-import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,8 +14,10 @@ from keypointnet_datasets.shapenet_pairs import cameras
 from keypointnet_datasets.shapenet_pairs import procedural
 from keypointnet_datasets.shapenet_pairs import rendering
 from keypointnet_datasets.shapenet_pairs import shapenet_pairs_dataset_builder as builder_lib
+from keypointnet_tf import evaluation
 from keypointnet_tf import geometry
 from keypointnet_tf import input_pipeline
+import helpers  # pylint: disable=g-bad-import-order  (tests/helpers.py)
 
 FOCAL = geometry.focal_from_fov(5.0)
 
@@ -238,7 +241,7 @@ def _write_released(folder, rng):
       for obj in range(2):
         jobs.append(f"{name}.tfrecord,obj{shard}{obj},3,")
         for _ in range(3):
-          mv = [geometry.look_at_model_view(30 * d / np.linalg.norm(d)) for d in rng.normal(size=(2, 3)) + [0, 2, 0]]
+          mv = helpers.random_cameras(rng, 2)
           feats = {"img0": _png(rng), "img1": _png(rng), "mv0": mv[0].ravel(), "mv1": mv[1].ravel(),
                    "mvi0": np.linalg.inv(mv[0]).ravel(), "mvi1": np.linalg.inv(mv[1]).ravel()}
           example = tf.train.Example(features=tf.train.Features(feature={
@@ -301,3 +304,27 @@ def test_pipeline_on_built_dataset_shapes_resize_determinism_and_mixing(tmp_path
     input_pipeline.find_tfds_dir(tmp_path, "missing")
   with pytest.raises(FileNotFoundError, match="neither a built TFDS dataset"):
     input_pipeline.make_dataset(tmp_path, "train", 8)
+
+
+def test_released_data_without_job_txt_refuses_3d_se(tmp_path):
+  _write_released(tmp_path / "planes", np.random.default_rng(0))
+  source = tmp_path / "planes"
+  (source / "job.txt").unlink()  # shards of ~40 objects each, and nothing says which views show which object
+  dataset = input_pipeline.make_dataset(source, "test", 2, shuffle=False, repeat=False, deterministic=True)
+  rng = np.random.default_rng(1)
+  row = evaluation.evaluate(lambda images: {"uvz": tf.constant(
+      rng.normal(size=(images.shape[0], 5, 3)) + [0, 0, -30], tf.float32)}, dataset)
+  assert row["pairs"] == 6 and np.isfinite(row["mean"])
+  assert np.isnan(row["3d_se"]) and "job.txt" in row["3d_se_note"]
+  with pytest.raises(ValueError, match="3D-SE not computed"):
+    evaluation.standard_error_3d([b"", b""], np.zeros((2, 5, 3)))
+
+
+def test_library_imports_no_dataset_builder_or_renderer():
+  code = ("import sys, pkgutil, importlib, keypointnet_tf\n"
+          "for m in pkgutil.iter_modules(keypointnet_tf.__path__): importlib.import_module('keypointnet_tf.' + m.name)\n"
+          "print(sorted(n for n in sys.modules if n.startswith(('keypointnet_datasets', 'pyrender', 'OpenGL'))))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -8,6 +8,7 @@ import tensorflow as tf
 from scipy.spatial.transform import Rotation
 
 from keypointnet_tf import evaluation
+import helpers  # pylint: disable=g-bad-import-order  (tests/helpers.py)
 
 
 def test_known_rotations_give_known_errors():
@@ -37,12 +38,7 @@ def test_evaluate_with_exact_keypoints_gives_zero_error_and_zero_se():
   rng = np.random.default_rng(2)
   from keypointnet_tf import geometry  # pylint: disable=g-import-not-at-top
   points = rng.uniform(-1, 1, size=(6, 3))
-  mv = []
-  for _ in range(8):
-    d = rng.normal(size=3)
-    d[1] = abs(d[1])
-    mv.append(geometry.look_at_model_view(30 * d / np.linalg.norm(d)))
-  mv = np.stack(mv).astype(np.float32).reshape(2, 4, 4, 4)
+  mv = helpers.random_cameras(rng, 8).astype(np.float32).reshape(2, 4, 4, 4)
   focal = np.float32(geometry.focal_from_fov(5.0))
 
   def uvz(m):

@@ -10,19 +10,15 @@ from scipy.spatial.transform import Rotation
 from keypointnet_tf import config
 from keypointnet_tf import geometry
 from keypointnet_tf import losses
+import helpers  # pylint: disable=g-bad-import-order  (tests/helpers.py)
 
 FOCAL = geometry.focal_from_fov(5.0)
 
 
 def _random_cameras(rng, batch):
   """Two look-at cameras per example on the upper hemisphere at distance 30 (as the paper renders)."""
-  def one():
-    d = rng.normal(size=3)
-    d[1] = abs(d[1])
-    return geometry.look_at_model_view(30 * d / np.linalg.norm(d) + rng.uniform(-0.2, 0.2, 3),
-                                       roll=rng.uniform(-1, 1))
-  mv0 = np.stack([one() for _ in range(batch)])
-  mv1 = np.stack([one() for _ in range(batch)])
+  mv0 = helpers.random_cameras(rng, batch, jitter=0.2, max_roll=1.0)
+  mv1 = helpers.random_cameras(rng, batch, jitter=0.2, max_roll=1.0)
   return mv0, np.linalg.inv(mv0), mv1, np.linalg.inv(mv1)
 
 

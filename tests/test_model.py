@@ -9,6 +9,7 @@ from keypointnet_tf import config
 from keypointnet_tf import geometry
 from keypointnet_tf import losses
 from keypointnet_tf import model as model_lib
+import helpers  # pylint: disable=g-bad-import-order  (tests/helpers.py)
 
 NUM_KP, FILTERS = 4, 8
 
@@ -68,12 +69,7 @@ def test_orientation_flag_prediction_and_mixing(small_model):
 
 def _fake_batch(size, batch=2, seed=1):
   rng = np.random.default_rng(seed)
-  mvs = []
-  for _ in range(2 * batch):
-    d = rng.normal(size=3)
-    d[1] = abs(d[1])
-    mvs.append(geometry.look_at_model_view(30 * d / np.linalg.norm(d)))
-  mv = np.stack(mvs).astype(np.float32).reshape(2, batch, 4, 4)
+  mv = helpers.random_cameras(rng, 2 * batch).astype(np.float32).reshape(2, batch, 4, 4)
   images = rng.uniform(size=(2, batch, size, size, 4)).astype(np.float32)
   images[..., 3] = images[..., 3] > 0.5
   return {"image0": images[0], "image1": images[1], "mv0": mv[0], "mv1": mv[1],
