@@ -21,7 +21,6 @@ setuptools.setup(
         "tensorflow>=2.16,<2.22",
         "keras>=3.0",
         "tensorflow-datasets>=4.9.4",
-        "tensorflow-graphics>=2021.12.3",
         "numpy",
         "pyrender>=0.1.45",
         "trimesh>=4.0",
@@ -37,7 +36,11 @@ setuptools.setup(
     extras_require={
         # tfds.testing needs dill (undeclared by tensorflow-datasets); trimesh's ray caster and proximity need rtree;
         # tensorflow-serving-api builds the PredictRequest in the export test.
-        "test": ["pytest>=7", "scipy", "dill", "rtree", "tensorflow-serving-api"],
+        # tensorflow-graphics: the tests' independent reference for rotations (test_geometry). The library does not
+        # import it: what it needs (look-at cameras, the batched 3x3 SVD, geodesic angles) is a few lines each in
+        # keypointnet_tf.geometry, and tensorflow-graphics would pull tensorflow-addons (end of life) into every
+        # import.
+        "test": ["pytest>=7", "scipy", "dill", "rtree", "tensorflow-serving-api", "tensorflow-graphics>=2021.12.3"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
     },
 )

@@ -173,3 +173,18 @@ def test_orientation_targets_hand_derived():
   mv = geometry.look_at_model_view([0.0, 0.0, 30.0])[None].astype(np.float32)
   targets = geometry.orientation_targets(mv, FOCAL).numpy()
   np.testing.assert_allclose(targets[0], [[FOCAL / 30, 0], [-FOCAL / 30, 0]], atol=1e-5)
+
+
+def test_rotation_angles_and_procrustes_match_tensorflow_graphics():
+  # tensorflow-graphics as an independent reference: its Euler sampling and its axis-angle conversion.
+  from tensorflow_graphics.geometry.transformation import axis_angle  # pylint: disable=g-import-not-at-top
+  from tensorflow_graphics.geometry.transformation import rotation_matrix_3d  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(7)
+  r_a = rotation_matrix_3d.from_euler(tf.constant(rng.uniform(-np.pi, np.pi, (64, 3)), tf.float64))
+  r_b = rotation_matrix_3d.from_euler(tf.constant(rng.uniform(-np.pi, np.pi, (64, 3)), tf.float64))
+  _, angle = axis_angle.from_rotation_matrix(tf.linalg.matmul(r_a, r_b, transpose_a=True))
+  np.testing.assert_allclose(geometry.angular_distance(r_a, r_b).numpy(), angle.numpy()[:, 0], atol=1e-6)
+  # Keypoints rotated by a tfg rotation: the Procrustes estimate recovers it.
+  xyz0 = tf.constant(rng.normal(size=(64, 10, 3)), tf.float64)
+  xyz1 = rotation_matrix_3d.rotate(xyz0, r_a[:, tf.newaxis]) + 3.0
+  np.testing.assert_allclose(geometry.estimate_rotation(xyz0, xyz1).numpy(), r_a.numpy(), atol=1e-6)
