@@ -73,6 +73,8 @@ def main(argv):
       print(f"error: {model_dir}: {e}", file=sys.stderr)
       return 2
     errors = row.pop("errors")
+    if "3d_se_note" in row:
+      print(f"note: {model_dir}: {row['3d_se_note']}", file=sys.stderr)
     results.append((name, {category: row}))
     raw[name] = {"model_dir": model_dir, "category": category, **row, "errors_deg": errors.tolist()}
   table = evaluation.markdown_table(results)

@@ -140,6 +140,57 @@ def _worker_main():
     _write_message(stdout, _run_job(renderer, job))
 
 
+def _start_worker(image_size, fov_degrees):
+  """A rendering worker process, configured; its first message (image_size, fov_degrees) already sent."""
+  env = dict(os.environ, PYOPENGL_PLATFORM=os.environ["PYOPENGL_PLATFORM"])
+  worker = subprocess.Popen([sys.executable, "-m", "keypointnet_datasets.shapenet_pairs.rendering"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+  _write_message(worker.stdin, (image_size, fov_degrees))
+  return worker
+
+
+def _worker_died(worker):
+  return RenderingError(f"Rendering worker exited with code {worker.wait()} (see its messages above). "
+                        "Headless rendering needs Mesa's EGL: apt-get install -y libegl1 libegl-mesa0 "
+                        "libgl1-mesa-dri (bash install.sh does this), with PYOPENGL_PLATFORM=egl (the default).")
+
+
+def _stop_workers(workers):
+  for worker in workers:
+    try:
+      worker.stdin.close()
+    except OSError:
+      pass
+  for worker in workers:
+    try:
+      worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      worker.kill()
+
+
+class RenderWorker:
+  """One rendering worker process that renders one job at a time (for Apache Beam's DoFns).
+
+  Args:
+    image_size: int. Output side in pixels.
+    fov_degrees: float. Field of view.
+  """
+
+  def __init__(self, image_size, fov_degrees=5.0):
+    self._worker = _start_worker(image_size, fov_degrees)
+
+  def render(self, job):
+    """The result of one job (see above); raises RenderingError when the worker has died."""
+    _write_message(self._worker.stdin, job)
+    result = _read_message(self._worker.stdout)
+    if result is None:
+      raise _worker_died(self._worker)
+    return result
+
+  def close(self):
+    _stop_workers([self._worker])
+
+
 def render_jobs(jobs, image_size, fov_degrees=5.0, num_workers=None):
   """Renders jobs in worker processes and yields their results in job order.
 
@@ -150,13 +201,8 @@ def render_jobs(jobs, image_size, fov_degrees=5.0, num_workers=None):
     num_workers: int or None. Worker processes; None uses every CPU core.
   """
   num_workers = max(1, num_workers or os.cpu_count() or 1)
-  env = dict(os.environ, PYOPENGL_PLATFORM=os.environ["PYOPENGL_PLATFORM"])
-  workers = [subprocess.Popen([sys.executable, "-m", "keypointnet_datasets.shapenet_pairs.rendering"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-             for _ in range(num_workers)]
+  workers = [_start_worker(image_size, fov_degrees) for _ in range(num_workers)]
   try:
-    for worker in workers:
-      _write_message(worker.stdin, (image_size, fov_degrees))
     jobs = iter(jobs)
     sent = 0
     # Job i goes to worker i % num_workers; two jobs in flight per worker keep every worker busy.
@@ -172,25 +218,14 @@ def render_jobs(jobs, image_size, fov_degrees=5.0, num_workers=None):
       worker = workers[received % num_workers]
       result = _read_message(worker.stdout)
       if result is None:
-        raise RenderingError(f"Rendering worker exited with code {worker.wait()} (see its messages above). "
-                           "Headless rendering needs Mesa's EGL: apt-get install -y libegl1 libegl-mesa0 "
-                           "libgl1-mesa-dri (bash install.sh does this), with PYOPENGL_PLATFORM=egl (the default).")
+        raise _worker_died(worker)
       job = next(jobs, None)
       if job is not None:
         _write_message(worker.stdin, job)
         sent += 1
       yield result
   finally:
-    for worker in workers:
-      try:
-        worker.stdin.close()
-      except OSError:
-        pass
-    for worker in workers:
-      try:
-        worker.wait(timeout=30)
-      except subprocess.TimeoutExpired:
-        worker.kill()
+    _stop_workers(workers)
 
 
 if __name__ == "__main__":

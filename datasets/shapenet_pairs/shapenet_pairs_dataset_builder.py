@@ -204,15 +204,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       logging.warning("shapenet_pairs/%s: no models for split(s) %s; they are left out.", config.name, empty)
     return {split: self._generate_examples(models) for split, models in sources.items() if models}
 
+  def _download_and_prepare(self, dl_manager, download_config=None):  # pylint: disable=arguments-renamed
+    # Beam options or a runner (tfds build --beam_pipeline_options=...) switch generation to an Apache Beam
+    # pipeline (_beam_examples); without them the examples come from local rendering workers.
+    self._use_beam = bool(download_config and (download_config.beam_runner or download_config.beam_options))
+    super()._download_and_prepare(dl_manager, download_config)
+
   def _generate_examples(self, models):
-    """Yields (key, example) for every pair of every model; failed models are skipped and reported."""
+    """(key, example) for every pair of every model, from local workers or as a Beam PTransform."""
+    if getattr(self, "_use_beam", False):
+      return _beam_examples(self.builder_config, models)
+    return self._local_examples(models)
+
+  def _local_examples(self, models):
+    """Yields (key, example) rendered by local worker processes; failed models are skipped and reported."""
     # Imported here: rendering starts worker processes and is only needed when generating.
     from keypointnet_datasets.shapenet_pairs import rendering  # pylint: disable=g-import-not-at-top
     config = self.builder_config
-    focal = np.float32(geometry.focal_from_fov(config.fov_degrees))
-    model_views = {model_id: cameras.sample_pairs(np.random.default_rng(_stable_hash(model_id)),
-                                                  config.pairs_per_model, config.camera_distance, config.shift,
-                                                  config.roll) for model_id, _ in models}
+    model_views = {model_id: _model_views(config, model_id) for model_id, _ in models}
     jobs = ({"mesh": spec, "model_views": model_views[model_id].reshape(-1, 4, 4)} for model_id, spec in models)
     failures = []
     start = time.time()
@@ -221,17 +230,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         failures.append((model_id, result["error"]))
         logging.warning("shapenet_pairs: skipping %s: %s", model_id, result["error"])
         continue
-      images = result["images"].reshape(config.pairs_per_model, 2, config.image_size, config.image_size, 4)
-      keypoints = result["keypoints"].astype(np.float32)
-      for pair, (mv_pair, image_pair) in enumerate(zip(model_views[model_id], images)):
-        mv0, mv1 = mv_pair.astype(np.float32)
-        yield f"{model_id}/{pair:04d}", {
-            "img0": image_pair[0], "img1": image_pair[1],
-            "mv0": mv0, "mvi0": np.linalg.inv(mv_pair[0]).astype(np.float32),
-            "mv1": mv1, "mvi1": np.linalg.inv(mv_pair[1]).astype(np.float32),
-            "focal": focal, "model_id": model_id,
-            "keypoints": keypoints, "keypoint_valid": np.ones(len(keypoints), np.bool_),
-        }
+      yield from _pair_examples(config, model_id, model_views[model_id], result)
     message = (f"shapenet_pairs/{config.name}: rendered {len(models) - len(failures)} of {len(models)} models "
                f"({(len(models) - len(failures)) * config.pairs_per_model} pairs) in {time.time() - start:.0f} s")
     if failures:
@@ -241,3 +240,62 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       print(message, flush=True)
     else:
       logging.info(message)
+
+
+def _model_views(config, model_id):
+  """[pairs_per_model, 2, 4, 4] cameras of a model, drawn from a seed that is a hash of its id (any process)."""
+  return cameras.sample_pairs(np.random.default_rng(_stable_hash(model_id)), config.pairs_per_model,
+                              config.camera_distance, config.shift, config.roll)
+
+
+def _pair_examples(config, model_id, model_views, result):
+  """(key, example) of every pair of one rendered model (result: rendering's job result)."""
+  focal = np.float32(geometry.focal_from_fov(config.fov_degrees))
+  images = result["images"].reshape(config.pairs_per_model, 2, config.image_size, config.image_size, 4)
+  keypoints = result["keypoints"].astype(np.float32)
+  for pair, (mv_pair, image_pair) in enumerate(zip(model_views, images)):
+    mv0, mv1 = mv_pair.astype(np.float32)
+    yield f"{model_id}/{pair:04d}", {
+        "img0": image_pair[0], "img1": image_pair[1],
+        "mv0": mv0, "mvi0": np.linalg.inv(mv_pair[0]).astype(np.float32),
+        "mv1": mv1, "mvi1": np.linalg.inv(mv_pair[1]).astype(np.float32),
+        "focal": focal, "model_id": model_id,
+        "keypoints": keypoints, "keypoint_valid": np.ones(len(keypoints), np.bool_),
+    }
+
+
+class _RenderModel:
+  """Beam FlatMap function: (model_id, mesh spec) -> its (key, example) pairs.
+
+  Each Beam worker process starts one rendering worker process (rendering.RenderWorker) on its first model, so
+  the rendering never shares a process with TensorFlow, whatever runner runs the pipeline. A model that fails is
+  logged, counted in the Beam counter shapenet_pairs/models_skipped, and left out.
+  """
+
+  def __init__(self, config):
+    self.config = config
+    self._worker = None
+
+  def __getstate__(self):
+    return {"config": self.config, "_worker": None}
+
+  def __call__(self, item):
+    import apache_beam as beam  # pylint: disable=g-import-not-at-top
+    from keypointnet_datasets.shapenet_pairs import rendering  # pylint: disable=g-import-not-at-top
+    model_id, spec = item
+    if self._worker is None:
+      self._worker = rendering.RenderWorker(self.config.image_size, self.config.fov_degrees)
+    views = _model_views(self.config, model_id)
+    result = self._worker.render({"mesh": spec, "model_views": views.reshape(-1, 4, 4)})
+    if result["error"] is not None:
+      logging.warning("shapenet_pairs: skipping %s: %s", model_id, result["error"])
+      beam.metrics.Metrics.counter("shapenet_pairs", "models_skipped").inc()
+      return
+    beam.metrics.Metrics.counter("shapenet_pairs", "models_rendered").inc()
+    yield from _pair_examples(self.config, model_id, views, result)
+
+
+def _beam_examples(config, models):
+  """The examples of `models` as an Apache Beam PTransform (models spread over the runner's workers)."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  return beam.Create(list(models)) | beam.Reshuffle() | beam.FlatMap(_RenderModel(config))
