@@ -185,8 +185,8 @@ def make_dataset(source, split, batch_size, image_size=None, shuffle=True, repea
     deterministic: bool. Same elements in the same order on every run (for tests and evaluation).
     drop_remainder: bool. Drop a final partial batch (keeps the batch dimension static for training).
     cycle_length: int. TFDS shards read in parallel (released shards are all read round-robin).
-    input_context: optional tf.distribute.InputContext: read only this input pipeline's share of the shards
-      (one pipeline per worker in multi-worker training).
+    input_context: optional tf.distribute.InputContext: read only this input pipeline's share of the data (one
+      pipeline per worker in multi-worker training): an even part of the TFDS split, or every n-th released shard.
   Returns:
     tf.data.Dataset of dicts (see module docstring), prefetched.
   """
@@ -201,8 +201,12 @@ def make_dataset(source, split, batch_size, image_size=None, shuffle=True, repea
       raise ValueError(f"{source} has no split {split!r}; it has {sorted(builder.info.splits)}")
     skip = tfds.decode.SkipDecoding()
     read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=cycle_length,
-                                  enable_ordering_guard=False, input_context=input_context)
-    ds = builder.as_dataset(split=split, shuffle_files=shuffle, read_config=read_config,
+                                  enable_ordering_guard=False)
+    part = split
+    if input_context is not None and input_context.num_input_pipelines > 1:
+      # An even, disjoint share of the examples per worker (works with fewer shards than workers).
+      part = tfds.even_splits(split, n=input_context.num_input_pipelines)[input_context.input_pipeline_id]
+    ds = builder.as_dataset(split=part, shuffle_files=shuffle, read_config=read_config,
                             decoders={"img0": skip, "img1": skip})
   elif is_released_dir(source):
     focal = read_projection(source)

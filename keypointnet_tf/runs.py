@@ -104,7 +104,7 @@ def dataset_source(config, build=None):
     config: a resolved TrainConfig (dataset_config filled in).
     build: optional callable (data_dir, dataset_config) that builds a missing shapenet_pairs config. The library
       never imports the dataset builder (it starts renderer processes); the tools pass
-      keypointnet_datasets.shapenet_pairs.build.build_config.
+      the dataset package's shapenet_pairs.build.build_config.
   Raises:
     RunError: released_dir is not a folder of the paper's TFRecords.
     FileNotFoundError: the TFDS config is not built and `build` is None (the message has the build command).

@@ -328,6 +328,12 @@ def test_library_imports_no_dataset_builder_or_renderer():
                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip().splitlines()[-1] == "[]"
+  # Not even lazily, inside a function: the tools pass keypointnet_datasets.shapenet_pairs.build to the library.
+  library = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "keypointnet_tf")
+  for name in os.listdir(library):
+    if name.endswith(".py"):
+      with open(os.path.join(library, name)) as f:
+        assert "keypointnet_datasets" not in f.read(), name
 
 
 def test_beam_direct_runner_with_two_workers_gives_the_same_examples(tmp_path):

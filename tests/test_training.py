@@ -495,3 +495,26 @@ def test_validation_goes_to_tensorboard_and_keeps_the_best_checkpoint(tiny_plane
     for event in tf.compat.v1.train.summary_iterator(path):
       tags.update(value.tag for value in event.summary.value)
   assert {"validation/median", "validation/mean", "validation/das"} <= tags
+
+
+def test_command_line_multi_worker_starts_and_finishes(tiny_planes, tmp_path):
+  # The measured failure was here: the tool touched TensorFlow's runtime before the strategy existed.
+  data_dir, name = tiny_planes
+  ports = _free_ports(2)
+  model_dir = str(tmp_path / "cli_cluster")
+  procs = []
+  for index in range(2):
+    tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                            "task": {"type": "worker", "index": index}})
+    procs.append(subprocess.Popen(
+        _train_command(data_dir, name, model_dir, 2) + ["--strategy=multi_worker", "--worker_timeout_secs=60"],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True))
+  try:
+    outputs = [proc.communicate(timeout=240)[0] for proc in procs]
+  finally:
+    for proc in procs:
+      proc.kill()
+  for proc, out in zip(procs, outputs):
+    assert proc.returncode == 0 and "'status': 'done'" in out and "'step': 2" in out, out[-3000:]
+  assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-2")
