@@ -383,9 +383,14 @@ BEST_DIR = "best"
 BEST_FILE = "best.json"
 
 
-def validate(net, dataset, max_pairs):
-  """The evaluation protocol on validation batches: dict with mean, median, ..., das (when the data has parts)."""
-  predict = tf.function(lambda images: net(images, training=False), reduce_retracing=True)
+def validate(predict, dataset, max_pairs):
+  """The evaluation protocol on validation batches: dict with mean, median, ..., das (when the data has parts).
+
+  Args:
+    predict: images [B, H, W, 4] -> dict with "uvz" (the model in inference mode, predicted flag).
+    dataset: finite dataset of validation batches.
+    max_pairs: int, pairs evaluated at most.
+  """
   row = evaluation.evaluate(predict, dataset, max_pairs=max_pairs)
   row.pop("errors")
   return row
@@ -457,6 +462,7 @@ class Trainer:
   source: str  # the data folder ("" when the dataset was given)
   write_dir: str  # this process's folder (the run directory on the chief)
   chief: bool
+  _predict: object = None  # the model in inference mode as a tf.function, made on the first validation
 
   @property
   def step(self):
@@ -539,7 +545,9 @@ class Trainer:
 
   def _validate(self, step, writer):
     """Validation metrics to TensorBoard; a checkpoint in best/ when the median error is the lowest so far."""
-    row = validate(self.net, self.validation_dataset, self.config.validate_pairs)
+    if self._predict is None:
+      self._predict = tf.function(lambda images: self.net(images, training=False), reduce_retracing=True)
+    row = validate(self._predict, self.validation_dataset, self.config.validate_pairs)
     with writer.as_default(step=step):
       for name in ("mean", "median", "under_30", "over_90", "das", "near_part"):
         if name in row and math.isfinite(row[name]):
