@@ -357,3 +357,31 @@ def test_beam_direct_runner_with_two_workers_gives_the_same_examples(tmp_path):
       assert x.keys() == y.keys()
       for key in x:
         np.testing.assert_array_equal(x[key], y[key], err_msg=f"{split} {key}")
+
+
+def _arrow(nose):
+  """A 2-long body with a pointed nose: the vertex farthest from the centre marks the front."""
+  body = trimesh.creation.box(extents=[0.4, 0.3, 0.4])
+  tip = np.asarray(nose, np.float64)
+  cone = trimesh.creation.cone(radius=0.2, height=float(np.linalg.norm(tip)))
+  cone.apply_transform(trimesh.geometry.align_vectors([0, 0, 1], tip / np.linalg.norm(tip)))
+  return trimesh.util.concatenate([body, cone])
+
+
+@pytest.mark.parametrize("layout,nose", [("v2", [0.0, 0.0, -1.6]), ("v1", [1.6, 0.0, 0.0])])
+def test_shapenet_frames_put_the_front_on_plus_x(tmp_path, layout, nose):
+  # ShapeNetCore.v2's model_normalized.obj faces -Z and v1's model.obj faces +X (the paper's released frame, where
+  # the orientation targets are the +-x ends); both must come out with the nose on +X, up still +Y.
+  from keypointnet_datasets.shapenet_pairs import meshes  # pylint: disable=g-import-not-at-top
+  arrow = _arrow(nose)
+  relative = "models/model_normalized.obj" if layout == "v2" else "model.obj"
+  _write_obj(tmp_path / "02691156" / "arrow" / relative, arrow.vertices, arrow.faces)
+  by_split, _ = builder_lib._find_shapenet_models(tmp_path, "02691156")  # pylint: disable=protected-access
+  ((model_id, path, version),) = [m for models in by_split.values() for m in models]
+  assert model_id == "arrow" and version == (2 if layout == "v2" else 1)
+  loaded = meshes.load({"kind": "shapenet", "path": str(path), "version": version, "scale": 1.0})
+  apex = int(np.argmin(np.linalg.norm(arrow.vertices - nose, axis=1)))  # the nose's vertex (order is kept)
+  assert np.allclose(arrow.vertices[apex], nose)
+  tip = loaded.mesh.vertices[apex]
+  assert tip[0] == pytest.approx(loaded.mesh.bounds[1][0]) and tip[0] > 0.9  # the nose is the +X end
+  assert abs(tip[1]) < 1e-6 and abs(tip[2]) < 1e-6  # and on the axis: up stays +Y
