@@ -49,6 +49,8 @@ _DILATED = flags.DEFINE_list("dilated_conv", ["keras", "native"],
                              "How the dilated convolutions are computed (model.DILATED_CONV_IMPLS).")
 _FUSED = flags.DEFINE_list("fused_batch_norm", ["false", "true"],
                            "Batch norm through TensorFlow's fused kernel (true) or the Keras layer (false).")
+_GUARD = flags.DEFINE_list("guard", ["true"], "Non-finite guard settings to time (true: the trainer's step, "
+                            "which snapshots and restores the state on non-finite steps; false: without it).")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", [], "View pairs per step to time (default: each preset's own).")
 _PEER = flags.DEFINE_bool("peer", True, "Also time the same step in PyTorch (bench/torch_peer.py) when torch is "
                           "installed, and check that its loss equals ours on one batch.")
@@ -97,7 +99,7 @@ def matmul_flops_per_second(size, repeats=10):
   return 2 * size ** 3 / statistics.median(times)
 
 
-def time_train_step(config, steps):
+def time_train_step(config, steps, guard=True):
   """Median seconds of the real train step (one device) on a constant batch, after one warm-up step."""
   keras.utils.set_random_seed(0)
   strategy = tf.distribute.get_strategy()
@@ -107,7 +109,7 @@ def time_train_step(config, steps):
   step_var = tf.Variable(0, dtype=tf.int64)
   non_finite = tf.Variable(0, dtype=tf.int64)
   step_fn = training.build_train_step(net, optimizer, strategy, config, tf.random.Generator.from_seed(0),
-                                      step_var, non_finite)
+                                      step_var, non_finite, restore_non_finite=guard)
   batch = {k: tf.constant(v) for k, v in
            synthetic_batch(config.batch_size, config.image_size, config.model.num_keypoints).items()}
   step_fn(batch)["total"].numpy()
@@ -165,18 +167,19 @@ def main(argv):
   for name in _MODELS.value:
     for batch in [int(b) for b in _BATCH_SIZES.value] or [presets[name].batch_size]:
       for xla in _XLA.value:
-        for impl, fused in [(i, f.lower() == "true") for i in _DILATED.value for f in _FUSED.value]:
+        for impl, fused, guard in [(i, f.lower() == "true", g.lower() == "true") for i in _DILATED.value
+                                   for f in _FUSED.value for g in _GUARD.value]:
           model = dataclasses.replace(presets[name].model, dilated_conv=impl, fused_batch_norm=fused)
           config = dataclasses.replace(presets[name], jit_compile=xla.lower() == "true", batch_size=batch,
                                        model=model)
           steps = _STEPS.value or (20 if name == "cpu" else 3)
-          seconds, net = time_train_step(config, steps)
+          seconds, net = time_train_step(config, steps, guard)
           flops = model_lib.forward_flops(config.image_size, config.model.num_filters, config.model.num_keypoints)
           profiled = profiler_forward_flops(net, config.image_size)
           step_flops = 3 * flops * 2 * config.batch_size
           rows.append({"model": name, "image_size": config.image_size, "filters": config.model.num_filters,
                        "pairs": batch, "xla": config.jit_compile, "dilated_conv": impl,
-                       "fused_batch_norm": fused, "seconds_per_step": seconds,
+                       "fused_batch_norm": fused, "non_finite_guard": guard, "seconds_per_step": seconds,
                        "pairs_per_second": batch / seconds, "forward_gflop_per_image": flops / 1e9,
                        "profiler_forward_gflop_per_image": profiled / 1e9, "gflop_per_second": step_flops / seconds / 1e9,
                        "fraction_of_matmul": step_flops / seconds / reference})
@@ -207,7 +210,7 @@ def main(argv):
                    f"{r['loss_torch']:.6f}, ours {r['loss_tensorflow']:.6f}.")
       continue
     print(f"| {r['model']} | {r['image_size']} | {r['filters']} | {r['pairs']} | {'on' if r['xla'] else 'off'} | "
-          f"{r['dilated_conv']} | {'yes' if r['fused_batch_norm'] else 'no'} | {r['seconds_per_step']:.3f} | {r['pairs_per_second']:.1f} | "
+          f"{r['dilated_conv']}{'' if r.get('non_finite_guard', True) else ', no NaN guard'} | {'yes' if r['fused_batch_norm'] else 'no'} | {r['seconds_per_step']:.3f} | {r['pairs_per_second']:.1f} | "
           f"{r['forward_gflop_per_image']:.3f} / {r['profiler_forward_gflop_per_image']:.3f} | "
           f"{r['gflop_per_second']:.1f} | {r['fraction_of_matmul']:.2f} |")
   for note in notes:

@@ -251,7 +251,8 @@ def write_dir(model_dir, strategy):
   return os.path.join(model_dir, "workers", f"{resolver.task_type}-{resolver.task_id}")
 
 
-def build_train_step(net, optimizer, strategy, config, generator, step_var, non_finite_steps):
+def build_train_step(net, optimizer, strategy, config, generator, step_var, non_finite_steps,
+                     restore_non_finite=True):
   """Returns a tf.function: distributed batch -> dict of replica-averaged metrics.
 
   Per replica: loss on the local batch (normalised by its own shape), gradient of loss / num_replicas,
@@ -260,6 +261,8 @@ def build_train_step(net, optimizer, strategy, config, generator, step_var, non_
   Non-finite steps: when the loss or any gradient on any replica is not finite, the step changes nothing: every
   model variable (weights and batch-norm statistics) and every optimizer variable (moments, iteration count) is
   put back to its value before the step, which is counted in `non_finite_steps` (the host then stops the run).
+  restore_non_finite=False leaves out that snapshot and restore (bench/train_step.py --guard times its cost): a
+  non-finite step then applies zero gradients, which still moves the weights through Adam's moments.
   """
   num_replicas = strategy.num_replicas_in_sync
   variables = net.trainable_variables
@@ -290,7 +293,7 @@ def build_train_step(net, optimizer, strategy, config, generator, step_var, non_
 
   @tf.function(jit_compile=config.jit_compile)
   def step_fn(batch):
-    before = [tf.identity(v) for v in guarded]
+    before = [tf.identity(v) for v in guarded] if restore_non_finite else []
     per_replica = strategy.run(replica_step, args=(batch,))
     metrics = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in per_replica.items()}
     finite = metrics["finite"] >= 1.0
@@ -300,7 +303,8 @@ def build_train_step(net, optimizer, strategy, config, generator, step_var, non_
         variable.assign(value)
       return tf.constant(True)
 
-    tf.cond(finite, lambda: tf.constant(True), put_back)
+    if restore_non_finite:
+      tf.cond(finite, lambda: tf.constant(True), put_back)
     step_var.assign_add(1)
     non_finite_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
     return metrics
