@@ -52,20 +52,34 @@ def save_picture(array, path):
   return image
 
 
-def predict_pictures(predict_fn, images, batch_size=32):
-  """Runs the model in batches and draws the keypoints.
+DISPLAY_SIZE = 128  # Side (pixels) at least at which keypoints are drawn, so that people can tell the dots apart.
 
+
+def predict_pictures(predict_fn, images, image_size=None, display_size=DISPLAY_SIZE, batch_size=32):
+  """Runs the model in batches and draws the keypoints on pictures large enough to read.
+
+  The network sees the images resized to `image_size` (area averaging, as in training); the keypoints (NDC,
+  resolution-free) are drawn on the images resized to max(display_size, their side), so a 32 px input still
+  gives a 128 px picture.
   Args:
-    predict_fn: images [B, S, S, 4] -> dict with "uv" [B, K, 2].
-    images: [N, S, S, 4] float32.
+    predict_fn: images [B, image_size, image_size, 4] -> dict with "uv" [B, K, 2].
+    images: [N, S, S, 4] float32 in [0, 1], at any resolution S (the higher the sharper the pictures).
+    image_size: int, the network's input side; None feeds the images as they are.
+    display_size: int, the smallest side of the pictures.
   Returns:
-    ([N, S, S, 3] pictures, [N, K, 2] uv).
+    ([N, D, D, 3] pictures with D = max(display_size, S), [N, K, 2] uv).
   """
+  side = images.shape[1]
+  display = max(display_size, side)
   pictures, uvs = [], []
   for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    uv = predict_fn(tf.constant(chunk))["uv"].numpy()
-    pictures.append(visualization.draw_keypoints_batch(chunk, uv))
+    chunk = tf.constant(images[start:start + batch_size], tf.float32)
+    inputs = chunk
+    if image_size is not None and image_size != side:
+      inputs = tf.image.resize(chunk, [image_size, image_size], method="area", antialias=True)
+    uv = predict_fn(inputs)["uv"].numpy()
+    shown = chunk if display == side else tf.image.resize(chunk, [display, display], method="bicubic")
+    pictures.append(visualization.draw_keypoints_batch(np.clip(shown.numpy(), 0.0, 1.0), uv))
     uvs.append(uv)
   return np.concatenate(pictures), np.concatenate(uvs)
 

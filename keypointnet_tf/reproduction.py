@@ -135,13 +135,12 @@ def _pictures(run_dirs, config, path, num_examples=8, display_size=128):
                                         deterministic=True, drop_remainder=False)
   batch = next(iter(dataset))
   views = np.concatenate([batch["image0"].numpy(), batch["image1"].numpy()])
-  inputs = tf.image.resize(views, [config.image_size] * 2, method="area", antialias=True)
-  display = tf.image.resize(views, [display_size] * 2).numpy()
   rows = []
   for model_dir in run_dirs:
     net, _ = runs.load_trained_model(model_dir)
-    uv = net(inputs, training=False)["uv"].numpy()
-    rows.append(visualization.draw_keypoints_batch(display, uv))
+    pictures, _ = prediction.predict_pictures(lambda images: net(images, training=False), views,  # pylint: disable=cell-var-from-loop
+                                              config.image_size, display_size)
+    rows.append(pictures)
   sheet = visualization.contact_sheet(np.concatenate(rows), columns=len(views) // 2)
   prediction.save_picture(sheet, path)
 

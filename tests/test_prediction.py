@@ -72,9 +72,12 @@ def test_predict_folder_skips_unreadable_files(tiny_run, tmp_path):
   out = tmp_path / "out"
   proc = _predict([f"--model_dir={tiny_run}", f"--images={folder}", f"--output={out}"], tmp_path)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "note:" in proc.stdout and "resized to 32x32" in proc.stdout
+  assert "note:" in proc.stdout and "the network sees it at 32x32" in proc.stdout
   assert "skipped 1 unreadable file(s)" in proc.stdout and "broken.png" in proc.stdout
   assert sorted(os.listdir(out)) == ["contact_sheet.png", "fine.png", "odd.png"]
+  # Readable sizes: each picture at least 128 px (the network's input is 32 px).
+  with Image.open(out / "contact_sheet.png") as sheet:
+    assert sheet.size == (2 * 128, 128)
 
 
 def test_predict_turntable_writes_gif(tiny_run, tmp_path):

@@ -51,12 +51,12 @@ def main(argv):
     arrays = []
     for path in prediction.list_images(_IMAGES.value):
       try:
-        array, size = prediction.read_image(path, config.image_size)
+        array, size = prediction.read_image(path, max(config.image_size, prediction.DISPLAY_SIZE))
       except ValueError as e:
         skipped.append(str(e))
         continue
       if size != (config.image_size, config.image_size):
-        print(f"note: {path} is {size[1]}x{size[0]}; resized to {config.image_size}x{config.image_size}")
+        print(f"note: {path} is {size[1]}x{size[0]}; the network sees it at {config.image_size}x{config.image_size}")
       arrays.append(array)
       names.append(os.path.splitext(os.path.basename(path))[0])
     if not arrays:
@@ -69,7 +69,7 @@ def main(argv):
     except (FileNotFoundError, runs.RunError, build.DataBuildError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
-    batch = next(iter(input_pipeline.make_dataset(source, "test", _TEST.value, image_size=config.image_size,
+    batch = next(iter(input_pipeline.make_dataset(source, "test", _TEST.value, image_size=None,
                                                   shuffle=False, repeat=False, deterministic=True,
                                                   drop_remainder=False)))
     images = np.concatenate([batch["image0"].numpy(), batch["image1"].numpy()])
@@ -79,13 +79,13 @@ def main(argv):
     from keypointnet_datasets.shapenet_pairs import rendering  # pylint: disable=g-import-not-at-top
     job = {"mesh": {"kind": "procedural", "category": config.category, "index": _TURNTABLE.value},
            "model_views": cameras.turntable(_FRAMES.value)}
-    result = next(rendering.render_jobs([job], config.image_size, num_workers=1))
+    result = next(rendering.render_jobs([job], max(config.image_size, prediction.DISPLAY_SIZE), num_workers=1))
     if result["error"]:
       print(f"error: rendering failed: {result['error']}", file=sys.stderr)
       return 1
     images = result["images"].astype(np.float32) / 255.0
     names = [f"frame{i:03d}" for i in range(len(images))]
-  pictures, _ = prediction.predict_pictures(predict, images)
+  pictures, _ = prediction.predict_pictures(predict, images, config.image_size)
   for name, picture in zip(names, pictures):
     prediction.save_picture(picture, os.path.join(_OUTPUT.value, f"{name}.png"))
   prediction.save_picture(visualization.contact_sheet(pictures), os.path.join(_OUTPUT.value, "contact_sheet.png"))
