@@ -588,6 +588,45 @@ def _catch_signals(stop):
   return previous
 
 
+def _agree_on_step(strategy, checkpoint, manager, step_var, model_dir):
+  """Multi-worker: makes every worker resume from the same step; returns the checkpoint restored (or None).
+
+  Workers save their checkpoints one by one, so a cluster stopped between two saves restarts with different latest
+  steps, and its workers would go on from different weights without a word. The workers compare their restored
+  steps (all-gather); when they differ, each restores its checkpoint of the smallest step, which all of them keep
+  (keep_checkpoints > 1), or the run stops with a message naming the steps.
+  """
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return manager.latest_checkpoint
+
+  @tf.function
+  def gather():
+    def replica_fn():
+      mine = tf.reshape(tf.cast(step_var, tf.float32), [1])  # exact below 2**24 steps
+      return tf.distribute.get_replica_context().all_gather(mine, axis=0)
+    return strategy.experimental_local_results(strategy.run(replica_fn))[0]
+
+  steps = sorted({int(s) for s in gather().numpy()})
+  if len(steps) == 1:
+    return manager.latest_checkpoint
+  target = steps[0]
+  # The checkpoint files on disk (the manager's list can be shorter when its state file was rewritten).
+  mine = {int(path[:-len(".index")].rsplit("-", 1)[1]): path[:-len(".index")]
+          for path in tf.io.gfile.glob(os.path.join(manager.directory, "ckpt-*.index"))}
+  if target and target not in mine:
+    raise TrainingError(f"{model_dir}: the workers' latest checkpoints are at different steps {steps} (the cluster "
+                        f"stopped between two saves) and this worker has no checkpoint of step {target} to agree on "
+                        f"(it keeps {sorted(mine)}). Copy the chief's checkpoint of one common step to every "
+                        "worker's checkpoint folder, or start a new --model_dir.")
+  if target:
+    runs.restore_all(checkpoint, mine[target], f"run {model_dir}")
+  else:  # some worker has no checkpoint: everyone starts afresh from the broadcast initial values
+    raise TrainingError(f"{model_dir}: some workers have checkpoints (steps {steps[1:]}) and others none. Start "
+                        "every worker with the same run folder contents, or start a new --model_dir.")
+  print(f"The workers' latest checkpoints were at steps {steps}; all resume from step {target}.", flush=True)
+  return mine[target]
+
+
 def set_up(config, dataset=None, validation_dataset=None, build_data=None):
   """Creates the strategy, data, model, optimizer and checkpoint of a run and restores its last checkpoint.
 
@@ -653,9 +692,11 @@ def set_up(config, dataset=None, validation_dataset=None, build_data=None):
   best_manager = tf.train.CheckpointManager(checkpoint, os.path.join(own_dir, BEST_DIR), max_to_keep=1)
   if manager.latest_checkpoint:
     runs.restore_all(checkpoint, manager.latest_checkpoint, f"run {config.model_dir}")
-    logging.info("Resumed from %s at step %d.", manager.latest_checkpoint, int(step_var.numpy()))
+  restored = _agree_on_step(strategy, checkpoint, manager, step_var, config.model_dir)
+  if restored:
+    logging.info("Resumed from %s at step %d.", restored, int(step_var.numpy()))
     if chief:
-      print(f"Resuming from {manager.latest_checkpoint} (step {int(step_var.numpy())}).", flush=True)
+      print(f"Resuming from {restored} (step {int(step_var.numpy())}).", flush=True)
   step_fn = build_train_step(net, optimizer, strategy, config, generator, step_var, non_finite_steps)
   return Trainer(config=config, strategy=strategy, net=net, optimizer=optimizer, step_var=step_var,
                  non_finite_steps=non_finite_steps, checkpoint=checkpoint, manager=manager,

@@ -361,6 +361,14 @@ def test_two_workers_match_one_process_and_resume(tiny_planes, tmp_path):
   assert [r["step"] for r in results] == [3, 3]
   reference = _result(_run_workers(script, data_dir, name, single, 3, ports, (-1,))[0])
   assert results[0]["total"] == pytest.approx(reference["total"], rel=2e-3)
+  # A cluster stopped between two saves: worker 1's latest checkpoint is step 1, the chief's step 3. Both go back
+  # to step 1 (which both keep) instead of training on from different weights.
+  worker_checkpoints = os.path.join(cluster, "workers", "worker-1", "checkpoints")
+  tf.compat.v1.train.update_checkpoint_state(worker_checkpoints, os.path.join(worker_checkpoints, "ckpt-1"),
+                                             [os.path.join(worker_checkpoints, "ckpt-1")])
+  third = _run_workers(script, data_dir, name, cluster, 4, _free_ports(2), (0, 1))
+  assert "latest checkpoints were at steps [1, 3]; all resume from step 1" in third[0][0], third[0][1][-2000:]
+  assert [_result(o)["step"] for o in third] == [4, 4]
 
 
 def test_worker_without_peers_fails_in_bounded_time(tiny_planes, tmp_path):
