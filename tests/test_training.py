@@ -269,12 +269,10 @@ _WORKER_SCRIPT = textwrap.dedent("""
     import json, os, sys
     index, ports, data_dir, name, model_dir, steps = sys.argv[1:7]
     workers = [f"127.0.0.1:{port}" for port in ports.split(",")]
-    strategy = "multi_worker" if len(workers) > 1 or int(index) >= 0 else "default"
-    if int(index) >= 0:
+    strategy = "multi_worker" if int(index) >= 0 else "default"  # index -1: one process, the whole batch
+    if strategy == "multi_worker":
       os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers},
                                             "task": {"type": "worker", "index": int(index)}})
-    else:
-      strategy = "default"
     import numpy as np
     from keypointnet_tf import config as config_lib, input_pipeline, runs, training
     batch_size = 4 // len(workers) if strategy == "multi_worker" else 4
