@@ -273,8 +273,7 @@ _WORKER_SCRIPT = textwrap.dedent("""
     if strategy == "multi_worker":
       os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers},
                                             "task": {"type": "worker", "index": int(index)}})
-    import numpy as np
-    from keypointnet_tf import config as config_lib, input_pipeline, runs, training
+    from keypointnet_tf import config as config_lib, input_pipeline, training
     batch_size = 4 // len(workers) if strategy == "multi_worker" else 4
     config = config_lib.TrainConfig(
         category="planes", model_dir=model_dir, steps=int(steps), batch_size=batch_size, image_size=32,
