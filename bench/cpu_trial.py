@@ -8,7 +8,11 @@ ground-truth part. Examples:
       --eval_at=5000,8000,10000,15000,20000,25000,30000,35000,40000,45000,50000
   python bench/cpu_trial.py --name=label_free_seed1 --preset=cpu_label_free --overrides='{"seed": 1}'
 --overrides is JSON merged field by field into the --preset's config for --category (nested for "model" and
-"loss"); --preset is cpu (the default) or cpu_label_free.
+"loss"). --preset names one of BASES, the configurations the trial log's records start from. They are frozen
+here, not taken from the library's presets, so every logged command still trains what it trained when it was run
+after the presets change: cpu is the anchored CPU preset of the first sessions (planes_small, 8 pairs per step),
+cpu_label_free the same without the anchor for 20,000 steps, label_free_x10 the CPU preset since 2026-11-25
+(`config.cpu_preset`: 2,000 training objects, 32 pairs per step, 8,000 steps).
 --eval_at trains to each step in turn (the run resumes between them), evaluates there and keeps a copy of that
 checkpoint in <run>/milestones/; the final step (config steps) is always evaluated. Every evaluation is appended as
 one JSON line to --results (with the trial's name, step, overrides, training seconds and the command), and printed.
@@ -34,7 +38,22 @@ from keypointnet_tf import training
 _NAME = flags.DEFINE_string("name", "trial", "Trial name; the run goes to --runs_dir/<name>.")
 _RUNS = flags.DEFINE_string("runs_dir", "/tmp/cpu_trials", "Where trial runs go.")
 _CATEGORY = flags.DEFINE_enum("category", "planes", ["cars", "planes", "chairs"], "Category.")
-_PRESET = flags.DEFINE_enum("preset", "cpu", ["cpu", "cpu_label_free"], "The preset the overrides apply to.")
+
+
+def _anchored_v1(category):
+  return dataclasses.replace(config_lib.cpu_anchor_preset(category), dataset_config=f"{category}_small", batch_size=8)
+
+
+BASES = {
+    "cpu": _anchored_v1,
+    "cpu_label_free": lambda category: dataclasses.replace(
+        _anchored_v1(category), steps=20_000, loss=config_lib.LossConfig(), anchor_steps=0),
+    "label_free_x10": lambda category: dataclasses.replace(
+        _anchored_v1(category), dataset_config=f"{category}_small_x10", batch_size=32,
+        loss=config_lib.LossConfig(), anchor_steps=0),
+}
+
+_PRESET = flags.DEFINE_enum("preset", "cpu", list(BASES), "The trial base (BASES) the overrides apply to.")
 _OVERRIDES = flags.DEFINE_string("overrides", "{}", "JSON merged into the preset.")
 _DATA = flags.DEFINE_string("data_dir", "", "TFDS data dir.")
 _EVAL_PAIRS = flags.DEFINE_integer("eval_pairs", None, "Test pairs to evaluate (default: the whole split).")
@@ -70,7 +89,7 @@ def _rounded(values):
 def main(argv):
   del argv
   overrides = json.loads(_OVERRIDES.value)
-  config = merge(config_lib.preset(_PRESET.value, _CATEGORY.value, gpu_visible=False)[0], overrides)
+  config = merge(BASES[_PRESET.value](_CATEGORY.value), overrides)
   config = dataclasses.replace(config, model_dir=os.path.join(_RUNS.value, _NAME.value), data_dir=_DATA.value)
   milestones = sorted({int(s) for s in _EVAL_AT.value if int(s) < config.steps} | {config.steps})
   for step in milestones:

@@ -18,8 +18,8 @@ from keypointnet_tf import config as config_lib  # pylint: disable=g-import-not-
 
 
 def method(record):
-  """The run's reported name, from the trial's overrides applied to its preset (cpu when not recorded)."""
-  base, _ = config_lib.preset(record.get("preset", "cpu"), record["category"], gpu_visible=False)
+  """The run's reported name, from the trial's overrides applied to its base (cpu when not recorded)."""
+  base = cpu_trial.BASES[record.get("preset", "cpu")](record["category"])
   config = cpu_trial.merge(base, record["overrides"])
   return config_lib.method_name(config), config.batch_size
 

@@ -6,6 +6,7 @@ Every default here is the value used by the released TF1 code (research/keypoint
 """
 
 import dataclasses
+import re
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,26 +94,55 @@ class TrainConfig:
   worker_timeout_secs: float = 300.0
 
 
-def cpu_preset(category="planes"):
-  """A run sized for a 2-core CPU: "KeypointNet + axis-anchor warm-up" (README "CPU preset"), not label-free.
+CATEGORIES = ("cars", "planes", "chairs")  # The paper's categories, with procedural data and ShapeNet synsets.
+_CATEGORY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
-  The paper's network, losses, weights and noise on a smaller problem, plus one addition that is not in the
-  paper: the `<category>_small` data (64 px) resized to 32 px, 16 filters, batch-norm momentum 0.99 (so
-  inference statistics settle within the run), Adam 1e-3, 8,000 steps, the orientation flag annealed over
-  steps 3k-6k, and the warm-up anchor (`losses.anchor_loss`, weight 1 decaying to 0 at step 4,000), which ties
-  keypoints 0 and 1 to the projections of the object's +-x axis ends, two landmarks from the absolute pose. With
-  the anchor weight set to 0 (the paper's losses only) the same budget stays at chance (reproduction/trials.md).
+
+def check_category(category):
+  """Raises ValueError unless `category` is a usable name: one of CATEGORIES, or the label of a data set built from
+  the user's meshes (lower-case letters, digits, "_" and "-")."""
+  if not isinstance(category, str) or not _CATEGORY_NAME.match(category):
+    raise ValueError(f"category must be one of {CATEGORIES} or the name of a data set built from your own meshes "
+                     f"(lower-case letters, digits, _ and -). Received: category={category!r}")
+
+
+def category_of(dataset_config):
+  """The category of a shapenet_pairs config name: "planes" for planes_small_x10, the name itself otherwise.
+
+  A data set built from the user's meshes (`mesh_dir`) is its own category: `category_of("mugs") == "mugs"`.
+  """
+  for category in CATEGORIES:
+    if dataset_config == category or dataset_config.startswith(category + "_"):
+      return category
+  return dataset_config
+
+
+def _small_data(category):
+  """The CPU presets' data: <category>_small_x10 for the paper's categories, the user's data set of that name else."""
+  return f"{category}_small_x10" if category in CATEGORIES else category
+
+
+def cpu_preset(category="planes"):
+  """A label-free run sized for a 2-core CPU: "KeypointNet" (README "CPU preset", the default without a GPU).
+
+  The paper's network, six losses, weights, pose noise and separation threshold on a smaller problem: the
+  `<category>_small_x10` data (2,000 training objects, 64 px renders; for another category, the data set of that
+  name built from the user's meshes) resized to 32 px, 16 filters, batch-norm
+  momentum 0.99 (so inference statistics settle within the run), Adam 1e-3, 32 view pairs per step for 8,000
+  steps, and the orientation flag annealed from the ground truth to the predicted one over steps 3k-6k. No keypoint
+  labels and no absolute pose: the keypoint network sees the image and the flag; the orientation targets train the
+  orientation network only, as in the paper. Measured on planes (reproduction/trials.md, trials batch32_x10_*):
+  every run stays at chance until step 4,000 and leaves it before step 6,000; test medians at step 8,000 are
+  listed there with their seeds. About 20 minutes on a 2-core machine, data included.
   """
   return TrainConfig(
       category=category,
-      dataset_config=f"{category}_small",
+      dataset_config=_small_data(category),
       steps=8000,
-      batch_size=8,
+      batch_size=32,
       learning_rate=1e-3,
       image_size=32,
       model=ModelConfig(num_keypoints=10, num_filters=16, batch_norm_momentum=0.99),
-      loss=LossConfig(weights=LossWeights(anchor=1.0)),
-      anchor_steps=4000,
       anneal_start=3000,
       anneal_end=6000,
       log_every=50,
@@ -122,17 +152,15 @@ def cpu_preset(category="planes"):
   )
 
 
-def cpu_label_free_preset(category="planes"):
-  """The paper's losses alone at the CPU preset's size, run longer: "KeypointNet".
+def cpu_anchor_preset(category="planes"):
+  """`cpu_preset` plus the warm-up anchor: "KeypointNet + axis-anchor warm-up", not label-free.
 
-  `cpu_preset` without the anchor (the released code's six losses, weights, pose noise and separation threshold)
-  and 20,000 steps instead of 8,000. Measured on planes (reproduction/trials.md): every run is at or near chance
-  at step 10,000 (test median 71-87 degrees) and some leave it later, at a step that varies from run to run. Of five runs evaluated at 20,000 steps, three
-  were under 20 degrees on the test split (medians 12.7 and 12.3 on planes_small, 17.6 on planes_small_x10) and two at
-  chance (one had fitted its training pairs, median 25.5 there, without generalising). Not the default CPU preset
-  for that reason; about 21 minutes in all on a 2-core machine (planes_small, data included).
+  One addition that is not in the paper: `losses.anchor_loss` (weight 1, decaying linearly to 0 at step 4,000)
+  ties keypoints 0 and 1 to the projections of the object's +-x axis ends, two landmarks from the absolute pose.
+  Kept as an option and as the anchored control of the reproduction (`reproduction.method_configs`).
   """
-  return dataclasses.replace(cpu_preset(category), steps=20_000, loss=LossConfig(), anchor_steps=0)
+  return dataclasses.replace(cpu_preset(category), loss=LossConfig(weights=LossWeights(anchor=1.0)),
+                             anchor_steps=4000)
 
 
 SCHEDULE_FIELDS = ("anneal_start", "anneal_end", "anchor_steps")  # Step numbers that a run's length scales.
@@ -174,7 +202,7 @@ def fit_schedules(config, steps, explicit=()):
   return fitted
 
 
-PRESETS = ("auto", "cpu", "cpu_label_free", "paper")
+PRESETS = ("auto", "cpu", "cpu_anchor", "paper")
 
 
 def preset(name, category, gpu_visible):
@@ -189,8 +217,8 @@ def preset(name, category, gpu_visible):
   """
   if name not in PRESETS:
     raise ValueError(f"preset must be one of {PRESETS}. Received: {name!r}")
-  if name == "cpu_label_free":
-    return cpu_label_free_preset(category), "label-free CPU preset"
+  if name == "cpu_anchor":
+    return cpu_anchor_preset(category), "CPU preset + axis-anchor warm-up"
   if name == "cpu" or (name == "auto" and not gpu_visible):
     return cpu_preset(category), "CPU preset"
   return TrainConfig(category=category), "paper recipe"

@@ -19,6 +19,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keypointnet_tf import config as config_lib
 from keypointnet_tf import geometry
 from keypointnet_tf import input_pipeline
 from keypointnet_tf import losses
@@ -234,7 +235,7 @@ PAPER_TABLE = {
     "d) KeypointNet": {"cars": (11.310, 3.372, 0.171), "planes": (17.330, 5.721, 0.230),
                        "chairs": (14.572, 5.420, 0.196)},
 }
-CATEGORIES = ("cars", "planes", "chairs")
+CATEGORIES = config_lib.CATEGORIES
 
 
 def _fmt(value, spec):
@@ -260,18 +261,20 @@ def markdown_table(results, include_paper=True):
   Returns:
     str, Markdown.
   """
-  header = "| method | " + " | ".join(f"{c} mean | {c} median | {c} 3D-SE" for c in CATEGORIES) + " |"
-  lines = [header, "|---|" + "---|" * (3 * len(CATEGORIES))]
+  # The paper's three categories first, then any other (a data set built from the user's meshes).
+  categories = list(CATEGORIES) + sorted({c for _, by_category in results for c in by_category} - set(CATEGORIES))
+  header = "| method | " + " | ".join(f"{c} mean | {c} median | {c} 3D-SE" for c in categories) + " |"
+  lines = [header, "|---|" + "---|" * (3 * len(categories))]
   for name, by_category in results:
     values = []
-    for c in CATEGORIES:
+    for c in categories:
       row = by_category.get(c)
       values += [None, None, None] if row is None else [row["mean"], row["median"], row["3d_se"]]
     lines.append(f"| {name} | " + " | ".join(_fmt(v, ".3f") for v in values) + " |")
   lines += ["", "| method | category | pairs | < 5 deg | < 10 deg | < 15 deg | < 30 deg | > 90 deg (flips) | DAS | "
             "keypoints near a part |", "|---|---|---|---|---|---|---|---|---|---|"]
   for name, by_category in results:
-    for c in CATEGORIES:
+    for c in categories:
       if c in by_category:
         r = by_category[c]
         lines.append(f"| {name} | {c} | {r['pairs']} | {r['under_5']:.1%} | {r['under_10']:.1%} | "

@@ -64,10 +64,16 @@ def check_ablations(names):
 
 
 def supervised_config(config):
-  """The supervised baseline with the same budget: as many keypoints as the data's ground truth."""
+  """The supervised baseline with the same budget: as many keypoints as the data's ground truth.
+
+  Returns None when the data has no ground-truth keypoints (ShapeNet without annotations, the user's meshes).
+  """
   source = runs.dataset_source(config)
   first = next(iter(input_pipeline.make_dataset(source, "train", None, shuffle=False, repeat=False)))
-  return dataclasses.replace(_num_keypoints(config, int(first["keypoints"].shape[0])), supervised=True)
+  num_keypoints = int(first["keypoints"].shape[0])
+  if not num_keypoints:
+    return None
+  return dataclasses.replace(_num_keypoints(config, num_keypoints), supervised=True)
 
 
 def method_configs(base_config, root):
@@ -79,7 +85,7 @@ def method_configs(base_config, root):
   Returns:
     dict name -> TrainConfig: "KeypointNet" (the preset with the anchor weight 0: the paper's losses only), the
     anchored variant (the preset's anchor, or weight 1 decaying to 0 at half the steps when it has none) and the
-    supervised baseline.
+    supervised baseline (left out when the data has no ground-truth keypoints to regress).
   """
   label_free = _weights(base_config, anchor=0.0)
   anchored = base_config
@@ -88,6 +94,8 @@ def method_configs(base_config, root):
   supervised = supervised_config(training.resolve(base_config))
   configs = {}
   for config, folder in ((label_free, "keypointnet"), (anchored, "keypointnet_anchor"), (supervised, "supervised")):
+    if config is None:
+      continue
     configs[config_lib.method_name(config)] = dataclasses.replace(config, model_dir=os.path.join(root, folder))
   return configs
 
@@ -166,6 +174,8 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
   category = base_config.category
   root = os.path.join(runs_dir, category)
   configs = method_configs(base_config, root)
+  if "supervised baseline" not in configs:
+    log(f"[{category}] the data has no ground-truth keypoints: no supervised baseline")
   for name in ablations:
     configs[f"ablation: {name}"] = dataclasses.replace(ABLATIONS[name](base_config),
                                                        model_dir=os.path.join(root, f"ablation_{name}"))

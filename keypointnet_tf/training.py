@@ -72,8 +72,7 @@ def anchor_scale(step, anchor_steps):
 
 def resolve(config):
   """Fills in derived defaults (model_dir, dataset_config) and validates the config."""
-  if config.category not in ("cars", "planes", "chairs"):
-    raise ValueError(f"category must be cars, planes or chairs. Received: category={config.category!r}")
+  config_lib.check_category(config.category)
   for name in ("steps", "batch_size", "image_size", "log_every", "checkpoint_every", "validate_pairs"):
     if getattr(config, name) < 1:
       raise ValueError(f"{name} must be positive. Received: {name}={getattr(config, name)}")

@@ -1,5 +1,6 @@
 """Data: procedural meshes, renders checked against trimesh's ray caster, the builder, readers, pipeline."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -385,3 +386,105 @@ def test_shapenet_frames_put_the_front_on_plus_x(tmp_path, layout, nose):
   tip = loaded.mesh.vertices[apex]
   assert tip[0] == pytest.approx(loaded.mesh.bounds[1][0]) and tip[0] > 0.9  # the nose is the +X end
   assert abs(tip[1]) < 1e-6 and abs(tip[2]) < 1e-6  # and on the axis: up stays +Y
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The user's own meshes (config field mesh_dir).
+# ------------------------------------------------------------------------------------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _user_mesh_dir(root):
+  """A folder tree of arrows (nose along +Z in the file, up +Y) in five formats, one corrupt and one empty file."""
+  names = {}
+  for i, ext in enumerate(["obj", "ply", "stl", "off", "glb", "obj"]):
+    arrow = _arrow([0.0, 0.0, 1.2 + 0.1 * i])
+    relative = f"{'shelf' if i % 2 else 'box/inner'}/arrow{i}.{ext}"
+    (root / relative).parent.mkdir(parents=True, exist_ok=True)
+    arrow.export(root / relative)
+    names[relative] = arrow
+  (root / "box" / "broken.obj").write_text("v 1 2\nf 1 2 3 not an obj\n")
+  (root / "shelf" / "empty.ply").write_text("")
+  (root / "notes.txt").write_text("not a mesh")
+  (root / "splits").mkdir()
+  (root / "splits" / "test.txt").write_text("shelf/arrow1.ply\nbox/inner/arrow2.stl\n")
+  (root / "splits" / "validation.txt").write_text("shelf/arrow3.off\n")
+  return names
+
+
+def test_user_meshes_build_train_and_evaluate_without_a_category(tmp_path):
+  from keypointnet_datasets.shapenet_pairs import meshes  # pylint: disable=g-import-not-at-top
+  mesh_dir = tmp_path / "arrows"
+  arrows = _user_mesh_dir(mesh_dir)
+  by_split = builder_lib.find_user_meshes(mesh_dir)
+  listed = {"shelf/arrow1.ply": "test", "box/inner/arrow2.stl": "test", "shelf/arrow3.off": "validation"}
+  every = sorted(set(arrows) | {"box/broken.obj", "shelf/empty.ply"})  # notes.txt and splits/ are not meshes
+  # The split lists decide where they name a file, a stable hash of the relative path elsewhere.
+  expected = {split: [p for p in every if (listed.get(p) or builder_lib._hash_split(p)) == split]  # pylint: disable=protected-access
+              for split in builder_lib.SPLITS}
+  assert by_split == expected
+  assert builder_lib.find_user_meshes(mesh_dir) == by_split
+  assert by_split["test"] == ["box/inner/arrow2.stl", "shelf/arrow1.ply"]
+  # The front axis: each arrow's nose (along +Z in its file) comes out as the +X end, on the axis (up stays +Y).
+  for relative, arrow in arrows.items():
+    loaded = meshes.load({"kind": "file", "path": str(mesh_dir / relative), "front": "+z", "up": "+y"})
+    tip = loaded.mesh.bounds[1][0]
+    assert tip == pytest.approx(1.0, abs=1e-6) and loaded.keypoints.shape == (0, 3)
+    nose = loaded.mesh.vertices[np.argmax(loaded.mesh.vertices[:, 0])]
+    assert abs(nose[1]) < 1e-5 and abs(nose[2]) < 1e-5, relative
+  with pytest.raises(ValueError, match="perpendicular"):
+    meshes.axes_to_object_frame("+z", "-z")
+
+  # The README's commands: tfds build with a JSON config, then train and evaluate with no fixed category.
+  data_dir = tmp_path / "data"
+  config = ('{"name": "arrows", "mesh_dir": "%s", "image_size": 32, "pairs_per_model": 2, "front_axis": "+z"}'
+            % mesh_dir)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  build = subprocess.run(["tfds", "build", os.path.join(REPO, "datasets", "shapenet_pairs"), f"--data_dir={data_dir}",
+                          f"--config={config}"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+  assert build.returncode == 0, build.stderr[-3000:]
+  log = build.stdout + build.stderr
+  assert "skipping box/broken.obj" in log and "skipping shelf/empty.ply" in log  # reported by name
+  built = tfds.builder_from_directory(input_pipeline.find_tfds_dir(data_dir, "arrows"))
+  for split in ("train", "test"):  # two pairs per readable mesh; the corrupt and the empty file are left out
+    assert built.info.splits[split].num_examples == 2 * len([p for p in by_split[split] if p in arrows])
+  example = next(iter(tfds.as_numpy(built.as_dataset(split="test"))))
+  assert example["model_id"].decode() in by_split["test"] and example["keypoints"].shape == (0, 3)
+  assert example["img0"][..., 3].any()
+
+  train = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train.py"), "--dataset_config=arrows",
+                          f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}", "--steps=2", "--batch_size=2",
+                          "--num_filters=4", "--num_keypoints=4", "--validate_every=2", "--log_every=1"],
+                         capture_output=True, text=True, timeout=300, env=env)
+  assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
+  assert "Training KeypointNet on arrows with the CPU preset" in train.stdout
+  assert "'status': 'done'" in train.stdout
+  row, category = evaluation.evaluate_run(str(tmp_path / "run"), "test")
+  assert category == "arrows" and row["pairs"] == 4 and np.isfinite(row["median"])
+  assert "das" not in row and "near_part" not in row  # no ground-truth parts on the user's meshes
+  # The reproduction trains KeypointNet and the anchored variant on it; there is nothing for a supervised baseline.
+  from keypointnet_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+  from keypointnet_tf import reproduction  # pylint: disable=g-import-not-at-top
+  base = dataclasses.replace(config_lib.cpu_preset("arrows"), data_dir=str(data_dir))
+  assert base.dataset_config == "arrows"
+  assert list(reproduction.method_configs(base, str(tmp_path / "reproduce"))) == [
+      "KeypointNet", "KeypointNet + axis-anchor warm-up"]
+
+
+def test_user_mesh_dir_errors_are_clear(tmp_path):
+  with pytest.raises(FileNotFoundError, match="is not a folder"):
+    builder_lib.find_user_meshes(tmp_path / "missing")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match=r"No mesh files .*\.obj, \.glb"):
+    builder_lib.find_user_meshes(tmp_path / "empty")
+  mesh_dir = tmp_path / "arrows"
+  _user_mesh_dir(mesh_dir)
+  (mesh_dir / "splits" / "train.txt").write_text("shelf/arrow9.obj\n")
+  with pytest.raises(FileNotFoundError, match=r"lists 1 file\(s\) that are not mesh files"):
+    builder_lib.find_user_meshes(mesh_dir)
+  config = builder_lib.ShapenetPairsConfig(name="bad_axes", mesh_dir=str(mesh_dir), front_axis="+y", image_size=32)
+  builder = builder_lib.Builder(config=config, data_dir=tmp_path / "data")
+  with pytest.raises(ValueError, match="must be perpendicular"):
+    builder.download_and_prepare()
+  assert not (tmp_path / "data" / "shapenet_pairs" / "bad_axes").exists() or not list(
+      (tmp_path / "data" / "shapenet_pairs" / "bad_axes").rglob("dataset_info.json"))

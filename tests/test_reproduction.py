@@ -40,7 +40,7 @@ def test_ablations_change_only_what_they_name():
 
 
 def test_method_names_never_call_a_variant_keypointnet():
-  preset = config_lib.cpu_preset("planes")
+  preset = config_lib.cpu_anchor_preset("planes")
   assert preset.loss.weights.anchor > 0
   assert config_lib.method_name(preset) == "KeypointNet + axis-anchor warm-up"
   label_free = dataclasses.replace(preset, loss=config_lib.LossConfig())
@@ -54,18 +54,33 @@ def test_method_names_never_call_a_variant_keypointnet():
 
 
 def test_presets_by_name():
-  label_free, label = config_lib.preset("cpu_label_free", "cars", gpu_visible=False)
-  assert label == "label-free CPU preset" and config_lib.method_name(label_free) == "KeypointNet"
-  assert label_free.loss == config_lib.LossConfig() and label_free.steps == 20_000
-  # Everything else is the CPU preset's: size, data, optimiser, flag schedule.
-  assert dataclasses.replace(label_free, steps=8000, loss=config_lib.cpu_preset("cars").loss, anchor_steps=4000,
-                             jit_compile=False) == config_lib.cpu_preset("cars")
+  cpu, label = config_lib.preset("cpu", "cars", gpu_visible=False)
+  assert label == "CPU preset" and config_lib.method_name(cpu) == "KeypointNet"  # label-free: the paper's losses
+  assert cpu.loss == config_lib.LossConfig() and cpu.anchor_steps == 0 and not cpu.supervised
+  assert (cpu.dataset_config, cpu.batch_size, cpu.steps) == ("cars_small_x10", 32, 8000)
+  anchored, label = config_lib.preset("cpu_anchor", "cars", gpu_visible=False)
+  assert label == "CPU preset + axis-anchor warm-up"
+  assert config_lib.method_name(anchored) == "KeypointNet + axis-anchor warm-up"
+  # The anchor is the only difference: same data, size, budget, optimiser and flag schedule.
+  assert dataclasses.replace(anchored, loss=cpu.loss, anchor_steps=0) == cpu
   assert config_lib.preset("auto", "planes", gpu_visible=False) == (config_lib.cpu_preset("planes"), "CPU preset")
   assert config_lib.preset("auto", "planes", gpu_visible=True) == (config_lib.TrainConfig(category="planes"),
                                                                    "paper recipe")
   assert config_lib.preset("cpu", "chairs", gpu_visible=True)[0] == config_lib.cpu_preset("chairs")
   with pytest.raises(ValueError, match="preset must be one of"):
     config_lib.preset("fast", "planes", gpu_visible=False)
+
+
+def test_categories_of_data_sets():
+  assert [config_lib.category_of(n) for n in ("planes", "cars_small", "chairs_small_x10", "mugs", "planes2")] == [
+      "planes", "cars", "chairs", "mugs", "planes2"]
+  for good in ("mugs", "my-mugs_2"):
+    config_lib.check_category(good)
+  for bad in ("", "Mugs", "../mugs", "mugs/x", None):
+    with pytest.raises(ValueError, match="category must be one of"):
+      config_lib.check_category(bad)
+  assert config_lib.cpu_preset("mugs").dataset_config == "mugs"  # the user's data set of that name
+  assert config_lib.cpu_preset("cars").dataset_config == "cars_small_x10"
 
 
 def test_method_configs_share_one_budget(tmp_path, tiny_planes):
@@ -78,7 +93,7 @@ def test_method_configs_share_one_budget(tmp_path, tiny_planes):
   assert {c.steps for c in configs.values()} == {3} and {c.batch_size for c in configs.values()} == {2}
   assert supervised.supervised and supervised.model.num_keypoints == 9
   # A preset that has its own anchor keeps it for the anchored row.
-  preset = config_lib.cpu_preset("planes")
+  preset = config_lib.cpu_anchor_preset("planes")
   anchored = reproduction.method_configs(dataclasses.replace(preset, data_dir=data_dir, dataset_config=name),
                                          str(tmp_path))["KeypointNet + axis-anchor warm-up"]
   assert anchored.loss.weights.anchor == preset.loss.weights.anchor and anchored.anchor_steps == preset.anchor_steps

@@ -251,7 +251,7 @@ def test_mixed_precision_and_xla_options_train(tiny_planes, tmp_path):
 
 def test_anchor_schedule_and_validation():
   assert [float(training.anchor_scale(s, 1000)) for s in (0, 250, 500, 1000, 5000)] == [1.0, 0.75, 0.5, 0.0, 0.0]
-  anchored = dataclasses.replace(config_lib.cpu_preset("planes"), anchor_steps=0)
+  anchored = dataclasses.replace(config_lib.cpu_anchor_preset("planes"), anchor_steps=0)
   with pytest.raises(ValueError, match="anchor_steps"):
     training.resolve(anchored)
   one_keypoint = dataclasses.replace(config_lib.cpu_preset("planes"),
@@ -473,7 +473,7 @@ def test_missing_opengl_gives_the_install_line_not_a_traceback(tmp_path):
 
 
 def test_schedules_fit_the_run_length():
-  preset = config_lib.cpu_preset("planes")  # 8,000 steps: anneal 3k-6k, anchor until 4k
+  preset = config_lib.cpu_anchor_preset("planes")  # 8,000 steps: anneal 3k-6k, anchor until 4k
   short = config_lib.fit_schedules(preset, 2000)
   assert (short.steps, short.anneal_start, short.anneal_end, short.anchor_steps) == (2000, 750, 1500, 1000)
   longer = config_lib.fit_schedules(preset, 20000)  # already within: unchanged

@@ -4,7 +4,7 @@ Examples:
   python tools/evaluate.py --model_dirs=runs/planes
   python tools/evaluate.py --model_dirs=runs/planes,runs/planes_supervised --output=results/planes
 Rows are named by method (config.method_name: "KeypointNet" only for the paper's losses, "KeypointNet + axis-anchor
-warm-up" for the CPU preset, "supervised baseline") and run directory, unless --names is given.
+warm-up" for --preset=cpu_anchor, "supervised baseline") and run directory, unless --names is given.
 Each run is evaluated on its own category and data (or --released_dir / --data_dir) with the predicted
 orientation flag and no noise (--noise=0.1 reproduces the released code's metric). An exported SavedModel
 directory works too (with --category, and --dataset_config for non-default data):
@@ -33,8 +33,8 @@ _MAX_PAIRS = flags.DEFINE_integer("max_pairs", None, "Evaluate at most this many
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: the run's).")
 _RELEASED = flags.DEFINE_string("released_dir", None, "Evaluate on the paper's released TFRecords instead.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write <output>.md and <output>.json.")
-_CATEGORY = flags.DEFINE_enum("category", None, ["cars", "planes", "chairs"],
-                              "Category of SavedModel entries (runs know their own).")
+_CATEGORY = flags.DEFINE_string("category", None, "Category of SavedModel entries (runs know their own); default: "
+                                "the --dataset_config's.")
 _DATASET_CONFIG = flags.DEFINE_string("dataset_config", None, "shapenet_pairs config for SavedModel entries.")
 
 
@@ -56,11 +56,13 @@ def main(argv):
   for name, model_dir in zip(names, _DIRS.value):
     try:
       if evaluation.is_saved_model(model_dir):
-        if not _CATEGORY.value:
+        category = _CATEGORY.value or (config_lib.category_of(_DATASET_CONFIG.value) if _DATASET_CONFIG.value
+                                       else None)
+        if not category:
           raise ValueError("a SavedModel does not record its category: pass --category (and --dataset_config "
                            "or --released_dir for other data than the category's full set)")
         config = training.resolve(config_lib.TrainConfig(
-            category=_CATEGORY.value, data_dir=_DATA_DIR.value or "", released_dir=_RELEASED.value or "",
+            category=category, data_dir=_DATA_DIR.value or "", released_dir=_RELEASED.value or "",
             dataset_config=_DATASET_CONFIG.value or ""))
         category = config.category
         row = evaluation.evaluate_saved_model(model_dir, runs.dataset_source(config),

@@ -43,6 +43,10 @@ def main(argv):
   except (FileNotFoundError, runs.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if _TURNTABLE.value is not None and config.category not in config_lib.CATEGORIES:
+    print(f"error: --turntable renders procedural {', '.join(config_lib.CATEGORIES)}; the run in {_MODEL_DIR.value} "
+          f"is trained on {config.category}: use --images or --test_examples", file=sys.stderr)
+    return 2
   print(f"Keypoints of {config_lib.method_name(config)} ({_MODEL_DIR.value}).", flush=True)
   predict = tf.function(lambda images: net(images, training=False), reduce_retracing=True)
   os.makedirs(_OUTPUT.value, exist_ok=True)

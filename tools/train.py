@@ -1,12 +1,14 @@
-"""Trains KeypointNet (the CPU preset adds the axis-anchor warm-up) or the supervised baseline.
+"""Trains KeypointNet (label-free), the anchored variant or the supervised baseline.
 
 Data: shapenet_pairs or the paper's released TFRecords.
 
 Examples:
   python tools/train.py --category=planes                 # CPU preset on a machine without a GPU
+  python tools/train.py --category=planes --preset=cpu_anchor --model_dir=runs/planes_anchor
   python tools/train.py --category=cars --preset=paper    # the paper's recipe (GPU; 200k steps)
   python tools/train.py --category=planes --supervised --model_dir=runs/planes_supervised
   python tools/train.py --category=cars --released_dir=/data/cars_with_keypoints --preset=paper
+  python tools/train.py --dataset_config=mugs             # a data set built from your own meshes (README)
 
 The data set is built first when it is missing. Rerunning the same command resumes from the last checkpoint;
 Ctrl-C saves a checkpoint and stops. TensorBoard: tensorboard --logdir runs/
@@ -28,9 +30,11 @@ from keypointnet_tf import training
 from keypointnet_datasets.shapenet_pairs import build
 
 _PRESET = flags.DEFINE_enum("preset", "auto", list(config_lib.PRESETS),
-                            "auto: the CPU preset when no GPU is visible, else the paper's recipe. cpu_label_free: "
-                            "the paper's losses alone at the CPU preset's size, 20,000 steps.")
-_CATEGORY = flags.DEFINE_enum("category", "planes", ["cars", "planes", "chairs"], "Object category.")
+                            "auto: the CPU preset (label-free) when no GPU is visible, else the paper's recipe. "
+                            "cpu_anchor: the CPU preset plus the axis-anchor warm-up (not in the paper).")
+_CATEGORY = flags.DEFINE_string(
+    "category", None, "Object category: cars, planes, chairs, or the name of a data set built from your own meshes "
+    "(mesh_dir). Default: the --dataset_config's category, else planes.")
 _INT_FLAGS = {name: flags.DEFINE_integer(name, None, help_text) for name, help_text in [
     ("steps", "Total training steps."), ("batch_size", "View pairs per replica."),
     ("num_keypoints", "Keypoints N."), ("num_filters", "Keypoint-network width."),
@@ -40,7 +44,8 @@ _INT_FLAGS = {name: flags.DEFINE_integer(name, None, help_text) for name, help_t
     ("checkpoint_every", "Steps between checkpoints."),
     ("validate_every", "Steps between validation-split evaluations (TensorBoard, best/ checkpoint); 0: never."),
     ("validate_pairs", "Validation pairs evaluated each time."),
-    ("anchor_steps", "Step at which the anchor loss weight has decayed to 0 (CPU preset: half the steps).")]}
+    ("anchor_steps", "Step at which the anchor loss weight has decayed to 0 (default with an anchor: half the "
+                     "steps).")]}
 _FLOAT_FLAGS = {name: flags.DEFINE_float(name, None, help_text) for name, help_text in [
     ("learning_rate", "Adam learning rate."),
     ("worker_timeout_secs", "multi_worker: seconds to wait for the other workers before exiting with a message."), ("noise", "Pose-loss noise stddev (object units)."),
@@ -48,7 +53,7 @@ _FLOAT_FLAGS = {name: flags.DEFINE_float(name, None, help_text) for name, help_t
     ("pose_weight", "Weight of the pose loss."), ("consistency_weight", "Weight of the consistency loss."),
     ("separation_weight", "Weight of the separation loss."), ("silhouette_weight", "Weight of the silhouette loss."),
     ("orientation_weight", "Weight of the orientation loss."), ("variance_weight", "Weight of the variance loss."),
-    ("anchor_weight", "Initial weight of the warm-up anchor loss (not in the paper; CPU preset 1, paper 0).")]}
+    ("anchor_weight", "Initial weight of the warm-up anchor loss (not in the paper; cpu_anchor 1, other presets 0).")]}
 _STR_FLAGS = {name: flags.DEFINE_string(name, None, help_text) for name, help_text in [
     ("data_dir", "TFDS data directory (default ~/tensorflow_datasets)."),
     ("dataset_config", "shapenet_pairs config (default: the preset's)."),
@@ -67,7 +72,10 @@ _FUSED_BN = flags.DEFINE_bool("fused_batch_norm", None, "Batch norm through Tens
 
 
 def _config_from_flags():
-  config, preset = config_lib.preset(_PRESET.value, _CATEGORY.value, bool(tf.config.list_physical_devices("GPU")))
+  dataset_config = _STR_FLAGS["dataset_config"].value
+  category = _CATEGORY.value or (config_lib.category_of(dataset_config) if dataset_config else "planes")
+  config_lib.check_category(category)
+  config, preset = config_lib.preset(_PRESET.value, category, bool(tf.config.list_physical_devices("GPU")))
   top = {name: flag.value for name, flag in {**_INT_FLAGS, **_STR_FLAGS}.items()
          if flag.value is not None and name not in ("num_keypoints", "num_filters", "steps")}
   top.update({name: flag.value for name, flag in [("learning_rate", _FLOAT_FLAGS["learning_rate"]),
@@ -91,6 +99,8 @@ def _config_from_flags():
   # run keeps the schedules it was started with.
   explicit = [name for name in config_lib.SCHEDULE_FIELDS if _INT_FLAGS[name].value is not None]
   steps = _INT_FLAGS["steps"].value or config.steps
+  if config.loss.weights.anchor and not config.anchor_steps and "anchor_steps" not in explicit:
+    config = dataclasses.replace(config, anchor_steps=max(config.steps // 2, 1))  # --anchor_weight on a label-free preset
   saved = _saved_run(training.resolve(config).model_dir)
   if saved is None:
     return config_lib.fit_schedules(config, steps, explicit), preset

@@ -23,7 +23,11 @@ def build_config(data_dir, config_name):
   try:
     builder = shapenet_pairs_dataset_builder.Builder(config=config_name, data_dir=data_dir)
   except ValueError as e:
-    raise DataBuildError(f"shapenet_pairs has no config {config_name!r} ({e}).") from e
+    raise DataBuildError(
+        f"shapenet_pairs/{config_name} is not built in {data_dir} and is not one of the named configs, so it cannot "
+        "be built here. A data set from your own meshes is built once with tfds build, e.g.\n  tfds build "
+        f"datasets/shapenet_pairs --data_dir={data_dir} --config='{{\"name\": \"{config_name}\", "
+        "\"mesh_dir\": \"/path/to/meshes\", \"image_size\": 64, \"pairs_per_model\": 8}'") from e
   try:
     builder.download_and_prepare()
   except rendering.RenderingError as e:

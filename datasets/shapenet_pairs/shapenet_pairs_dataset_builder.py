@@ -2,17 +2,21 @@
 
 Each example is two RGBA renders of one object from two random cameras, with the cameras' model-view matrices
 in the layout of the paper's released TFRecords (see keypointnet_tf.geometry). Sources:
-- a local ShapeNetCore copy (v2 or v1 layout) in the manual directory, when one is given; or
+- a local ShapeNetCore copy (v2 or v1 layout) in the manual directory, when one is given;
+- the user's own meshes: any folder tree of .obj, .glb/.gltf, .ply, .stl or .off files (config field
+  `mesh_dir`, given in a JSON --config); or
 - by default, this project's procedural collection (datasets/shapenet_pairs/procedural.py), which also
   provides exact ground-truth semantic keypoints.
 
 Build (see README.md):
   tfds build datasets/shapenet_pairs --config=planes
+  tfds build datasets/shapenet_pairs --config='{"name": "mugs", "mesh_dir": "/data/mugs", "image_size": 64}'
 """
 
 import dataclasses
 import hashlib
 import os
+import pathlib
 import time
 
 from absl import logging
@@ -44,6 +48,14 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
     roll: bool. Random roll in [-90, 90] degrees about the viewing axis (off by default).
     extra_train_models: int. Procedural objects added to the training split after every split's range, so the
       validation and test splits (objects and views) stay those of the config with 0 (`procedural_indices`).
+    mesh_dir: str. A folder tree of the user's meshes (meshes.MESH_EXTENSIONS) to render instead of the
+      procedural collection; `category` is then only a label. Each file is one object, its id the path relative
+      to mesh_dir. Splits: <mesh_dir>/splits/{train,validation,test}.txt (one relative path per line) where
+      present, else a stable hash of the relative path (85% / 5% / 10%). No ground-truth keypoints.
+    front_axis: str. mesh_dir: the files' axis that points to the object's front ("+x", "-z", ...); it becomes
+      +X, whose ends are the orientation network's targets.
+    up_axis: str. mesh_dir: the files' up axis; it becomes +Y (cameras are drawn on the upper hemisphere).
+    scale: float. mesh_dir: the longest side of every object after normalisation is 2 * scale.
   """
   category: str = "planes"
   image_size: int = 128
@@ -54,6 +66,10 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
   shift: float = 0.2
   roll: bool = False
   extra_train_models: int = 0
+  mesh_dir: str = ""
+  front_axis: str = "+x"
+  up_axis: str = "+y"
+  scale: float = 1.0
 
 
 def procedural_indices(num_models, extra_train_models=0):
@@ -100,6 +116,51 @@ def _stable_hash(text):
   return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
+def _hash_split(model_id):
+  bucket = _stable_hash(model_id) % 100
+  return ("test" if bucket < _HASH_SPLIT_PERCENT["test"] else
+          "validation" if bucket < sum(_HASH_SPLIT_PERCENT.values()) else "train")
+
+
+def _split_lists(split_dir):
+  """{name: split} from <split_dir>/{train,validation,test}.txt (one name per line); {} without the folder."""
+  assigned = {}
+  if split_dir.is_dir():
+    for split in SPLITS:
+      listing = split_dir / f"{split}.txt"
+      if listing.exists():
+        assigned.update({line.strip(): split for line in listing.read_text().splitlines() if line.strip()})
+  return assigned
+
+
+def find_user_meshes(mesh_dir):
+  """{split: [relative path]} of every mesh file under mesh_dir (sorted), split by list or by hash.
+
+  Args:
+    mesh_dir: pathlib.Path.
+  Raises:
+    FileNotFoundError: mesh_dir is missing or holds no mesh file (the message names the accepted formats).
+  """
+  from keypointnet_datasets.shapenet_pairs import meshes  # pylint: disable=g-import-not-at-top
+  if not mesh_dir.is_dir():
+    raise FileNotFoundError(f"mesh_dir {mesh_dir} is not a folder. Point mesh_dir at a folder tree of meshes "
+                            f"({', '.join(meshes.MESH_EXTENSIONS)}).")
+  found = sorted(os.path.relpath(os.path.join(root, name), os.fspath(mesh_dir)).replace(os.sep, "/")
+                 for root, _, names in os.walk(os.fspath(mesh_dir)) for name in names
+                 if name.lower().endswith(meshes.MESH_EXTENSIONS))
+  if not found:
+    raise FileNotFoundError(f"No mesh files in {mesh_dir} or below it (looked for {', '.join(meshes.MESH_EXTENSIONS)}).")
+  assigned = _split_lists(mesh_dir / "splits")
+  unknown = sorted(set(assigned) - set(found))
+  if unknown:
+    raise FileNotFoundError(f"{mesh_dir}/splits lists {len(unknown)} file(s) that are not mesh files under "
+                            f"{mesh_dir}, e.g. {unknown[:3]}; list paths relative to mesh_dir, with extension.")
+  by_split = {split: [] for split in SPLITS}
+  for path in found:
+    by_split[assigned.get(path) or _hash_split(path)].append(path)
+  return by_split
+
+
 def _find_shapenet_models(manual_dir, synset_id):
   """Returns ({split: [(model_id, obj_path, version)]}, root) from a manual directory, or ({}, None)."""
   for root in (manual_dir, manual_dir / "ShapeNetCore.v2", manual_dir / "ShapeNetCore.v1"):
@@ -112,21 +173,10 @@ def _find_shapenet_models(manual_dir, synset_id):
         models.append((model_dir.name, model_dir / "models" / "model_normalized.obj", 2))
       elif (model_dir / "model.obj").exists():
         models.append((model_dir.name, model_dir / "model.obj", 1))
-    split_dir = manual_dir / "splits" / synset_id
-    assigned = {}
-    if split_dir.is_dir():
-      for split in SPLITS:
-        listing = split_dir / f"{split}.txt"
-        if listing.exists():
-          assigned.update({line.strip(): split for line in listing.read_text().splitlines() if line.strip()})
+    assigned = _split_lists(manual_dir / "splits" / synset_id)
     by_split = {split: [] for split in SPLITS}
     for model_id, path, version in models:
-      split = assigned.get(model_id)
-      if split is None:
-        bucket = _stable_hash(model_id) % 100
-        split = ("test" if bucket < _HASH_SPLIT_PERCENT["test"] else
-                 "validation" if bucket < sum(_HASH_SPLIT_PERCENT.values()) else "train")
-      by_split[split].append((model_id, path, version))
+      by_split[assigned.get(model_id) or _hash_split(model_id)].append((model_id, path, version))
     return by_split, root
   return {}, None
 
@@ -172,12 +222,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
-    synset_id = SYNSETS[config.category]
     try:
       manual_dir = dl_manager.manual_dir
     except (AssertionError, ValueError):
       manual_dir = None
-    if manual_dir is not None:
+    if config.mesh_dir:
+      sources = self._user_mesh_sources(manual_dir)
+    elif manual_dir is not None:
+      synset_id = SYNSETS[config.category]
       by_split, root = _find_shapenet_models(manual_dir, synset_id)
       if root is None:
         raise FileNotFoundError(
@@ -203,6 +255,23 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if empty:
       logging.warning("shapenet_pairs/%s: no models for split(s) %s; they are left out.", config.name, empty)
     return {split: self._generate_examples(models) for split, models in sources.items() if models}
+
+  def _user_mesh_sources(self, manual_dir):
+    """{split: [(model_id, mesh spec)]} of the files under config.mesh_dir."""
+    from keypointnet_datasets.shapenet_pairs import meshes  # pylint: disable=g-import-not-at-top
+    config = self.builder_config
+    if manual_dir is not None:
+      raise ValueError(f"shapenet_pairs/{config.name}: give either mesh_dir ({config.mesh_dir}) or --manual_dir "
+                       "(ShapeNetCore), not both.")
+    meshes.axes_to_object_frame(config.front_axis, config.up_axis)  # a bad pair fails here, before rendering
+    if not config.scale > 0:
+      raise ValueError(f"shapenet_pairs/{config.name}: scale must be > 0. Received: {config.scale}")
+    root = os.path.abspath(os.path.expanduser(config.mesh_dir))
+    by_split = find_user_meshes(pathlib.Path(root))
+    logging.info("shapenet_pairs: meshes from %s: %s", root, {split: len(paths) for split, paths in by_split.items()})
+    return {split: [(path, {"kind": "file", "path": os.path.join(root, path), "front": config.front_axis,
+                            "up": config.up_axis, "scale": config.scale}) for path in paths]
+            for split, paths in by_split.items()}
 
   def _download_and_prepare(self, dl_manager, download_config=None):  # pylint: disable=arguments-renamed
     # Beam options or a runner (tfds build --beam_pipeline_options=...) switch generation to an Apache Beam
@@ -231,6 +300,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         logging.warning("shapenet_pairs: skipping %s: %s", model_id, result["error"])
         continue
       yield from _pair_examples(config, model_id, model_views[model_id], result)
+    if models and len(failures) == len(models):
+      raise ValueError(f"shapenet_pairs/{config.name}: none of the {len(models)} models of a split could be loaded "
+                       "or rendered (nothing was written), e.g. " + "; ".join(
+                           f"{model_id} ({error})" for model_id, error in failures[:5]))
     message = (f"shapenet_pairs/{config.name}: rendered {len(models) - len(failures)} of {len(models)} models "
                f"({(len(models) - len(failures)) * config.pairs_per_model} pairs) in {time.time() - start:.0f} s")
     if failures:
