@@ -36,6 +36,7 @@ _DATASET = flags.DEFINE_string("dataset_config", "planes_small", "shapenet_pairs
 _IMAGE = flags.DEFINE_integer("image_size", None, "Network image side (default: the CPU preset's).")
 _FILTERS = flags.DEFINE_integer("num_filters", None, "Network width (default: the CPU preset's).")
 _STEPS = flags.DEFINE_integer("steps", 60, "Batches / steps per measurement.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "View pairs per step (default: the CPU preset's).")
 
 
 def _rate(fn, steps, pairs_per_step):
@@ -50,7 +51,7 @@ def main(argv):
   del argv
   config = config_lib.cpu_preset("planes")
   config = dataclasses.replace(
-      config, dataset_config=_DATASET.value, data_dir=_DATA_DIR.value,
+      config, dataset_config=_DATASET.value, data_dir=_DATA_DIR.value, batch_size=_BATCH.value or config.batch_size,
       image_size=_IMAGE.value or config.image_size,
       model=dataclasses.replace(config.model, num_filters=_FILTERS.value or config.model.num_filters))
   source = runs.dataset_source(config)

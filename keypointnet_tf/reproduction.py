@@ -153,8 +153,18 @@ def _pictures(run_dirs, config, path, num_examples=8, display_size=128):
   prediction.save_picture(sheet, path)
 
 
+METHOD_FOLDERS = ("keypointnet", "keypointnet_anchor", "supervised")  # method_configs' run folders, in order
+
+
+def _budget_key(config_dict):
+  """What makes two runs' budgets the same: data, steps, pairs per step, image size and width (not N)."""
+  c = runs.config_to_dict(runs.config_from_dict(config_dict))
+  return (c["dataset_config"], c["released_dir"], c["steps"], c["batch_size"], c["image_size"],
+          c["model"]["num_filters"])
+
+
 def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, log=print, command="",
-              build_data=None):
+              build_data=None, methods=METHOD_FOLDERS):
   """Runs one category: KeypointNet, the supervised baseline (same steps), ablations; stores the results.
 
   Args:
@@ -166,16 +176,24 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     log: callable for progress messages.
     command: str, the command line that runs this (stored with the category's results for the report).
     build_data: optional callable that builds the category's data when it is missing (runs.dataset_source).
+    methods: which of the three methods to train now, by run folder (METHOD_FOLDERS); the others keep their stored
+      results when those have this budget. Stored results of another budget (data, steps, pairs per step, size)
+      are dropped, so a category's rows always share one budget.
   Returns:
     dict of this category's results (also merged into <output_dir>/results.json).
   """
   check_ablations(ablations)
+  unknown = set(methods) - set(METHOD_FOLDERS)
+  if unknown:
+    raise ValueError(f"Unknown method(s) {sorted(unknown)}; choose from {METHOD_FOLDERS}.")
   runs.dataset_source(training.resolve(base_config), build=build_data)  # the data, built once if missing
   category = base_config.category
   root = os.path.join(runs_dir, category)
   configs = method_configs(base_config, root)
-  if "supervised baseline" not in configs:
+  if "supervised baseline" not in configs and "supervised" in methods:
     log(f"[{category}] the data has no ground-truth keypoints: no supervised baseline")
+  configs = {name: config for name, config in configs.items()
+             if os.path.basename(config.model_dir) in methods}
   for name in ablations:
     configs[f"ablation: {name}"] = dataclasses.replace(ABLATIONS[name](base_config),
                                                        model_dir=os.path.join(root, f"ablation_{name}"))
@@ -202,9 +220,23 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     if not name.startswith("ablation") and tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")):
       pictures[name] = f"{category}_{os.path.basename(config.model_dir)}.png"
       _pictures([config.model_dir], training.resolve(base_config), os.path.join(output_dir, pictures[name]))
-  # Runs stored earlier and not repeated now (e.g. ablations of a previous invocation) are kept, with any notes.
-  results = {**earlier_entry.get("runs", {}), **results}
-  stored[category] = {**{k: v for k, v in earlier_entry.items() if k in ("picture", "picture_rows", "notes")},
+  # Runs stored earlier and not repeated now (e.g. ablations of a previous invocation) are kept, with any notes,
+  # when they have this budget; the others are dropped.
+  budget = _budget_key(runs.config_to_dict(training.resolve(base_config)))
+  kept, other_budget = {}, False
+  for name, run in earlier_entry.get("runs", {}).items():
+    other_budget |= _budget_key(run["config"]) != budget
+    if name in results:
+      continue
+    if _budget_key(run["config"]) == budget:
+      kept[name] = run
+    else:
+      log(f"[{category}] {name}: dropped the stored result of another budget ({_budget(run)})")
+      pictures.pop(name, None)
+  results = {**kept, **results}
+  # Notes and the older combined picture describe the stored runs; they go when a run of another budget went.
+  extras = () if other_budget else ("picture", "picture_rows", "notes")
+  stored[category] = {**{k: v for k, v in earlier_entry.items() if k in extras},
                       "runs": results, "pictures": pictures, "command": command, "date": time.strftime("%Y-%m-%d"),
                       "machine": _machine()}
   path = os.path.join(output_dir, RESULTS_FILE)

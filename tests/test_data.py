@@ -488,3 +488,54 @@ def test_user_mesh_dir_errors_are_clear(tmp_path):
     builder.download_and_prepare()
   assert not (tmp_path / "data" / "shapenet_pairs" / "bad_axes").exists() or not list(
       (tmp_path / "data" / "shapenet_pairs" / "bad_axes").rglob("dataset_info.json"))
+
+
+def _srgb_to_linear(c):
+  return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(c):
+  return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
+
+
+def test_hemisphere_lighting_is_the_papers_lamp(tmp_path):
+  # A grey sphere seen from the side: under the paper's lamp (hemisphere from +Y, energy 1, diffuse only, smooth
+  # shading) each pixel is albedo * (0.5 + 0.5 * n_y) in linear colour, with n the sphere's normal where the
+  # pixel's ray hits it (trimesh's ray caster, an independent reference).
+  sphere = trimesh.creation.icosphere(subdivisions=3)  # facets of ~7 degrees: flat shading would show them
+  grey = 180
+  sphere.visual.face_colors = np.tile([grey, grey, grey, 255], (len(sphere.faces), 1))
+  sphere.export(tmp_path / "sphere.ply")
+  size = 64
+  eye = np.array([0.0, 0.0, 30.0])  # on +Z looking at the origin, +Y up: the object-to-camera matrix is a shift
+  mv = np.eye(4)
+  mv[:3, 3] = -eye
+  spec = {"kind": "file", "path": str(tmp_path / "sphere.ply"), "front": "+x", "up": "+y"}
+  jobs = [{"mesh": spec, "model_views": mv[np.newaxis], "lighting": lighting}
+          for lighting in ("hemisphere", "directional")]
+  (hemisphere, directional) = [r["images"][0] for r in rendering.render_jobs(jobs, size, num_workers=1)]
+  grid = geometry.ndc_grid(size, size).numpy().reshape(-1, 2)
+  directions = np.concatenate([grid / FOCAL, -np.ones((len(grid), 1))], axis=1)
+  origins = np.broadcast_to(eye, directions.shape)
+
+  def lamp(normal_y):  # [S, S] -> the paper's lamp on the grey albedo, sRGB levels
+    return 255 * _linear_to_srgb(_srgb_to_linear(grey / 255) * (0.5 + 0.5 * normal_y))
+
+  fine = trimesh.creation.icosphere(subdivisions=6)  # the smooth sphere the interpolated normals approximate
+  smooth_y, flat_y = np.full(len(grid), np.nan), np.full(len(grid), np.nan)
+  locations, rays, _ = fine.ray.intersects_location(origins, directions, multiple_hits=False)
+  smooth_y[rays] = locations[:, 1] / np.linalg.norm(locations, axis=1)
+  _, rays, triangles = sphere.ray.intersects_location(origins, directions, multiple_hits=False)
+  flat_y[rays] = sphere.face_normals[triangles, 1]  # what flat shading of the rendered facets would give
+  smooth, flat = lamp(smooth_y.reshape(size, size)), lamp(flat_y.reshape(size, size))
+  radius = np.hypot(grid[:, 0], grid[:, 1]).reshape(size, size)
+  interior = np.isfinite(smooth) & np.isfinite(flat) & (hemisphere[..., 3] == 255) & (radius < 0.85 * FOCAL / 30)
+  assert interior.sum() > 1000
+  rendered = hemisphere[..., 0].astype(float)
+  assert np.max(np.abs(rendered - smooth)[interior]) <= 6.0  # away from the rim, every pixel near the reference
+  # Smooth shading: much closer to the smooth sphere than to the facets.
+  assert np.mean(np.abs(rendered - smooth)[interior]) < 0.5 * np.mean(np.abs(rendered - flat)[interior])
+  assert np.all(hemisphere[..., 0] == hemisphere[..., 2])  # grey stays grey: white light, diffuse only
+  # The other lighting really is another: there the bottom of the sphere is lit by the ambient term.
+  bottom = interior & (smooth_y.reshape(size, size) < -0.8)
+  assert np.mean(directional[..., 0][bottom]) > np.mean(rendered[bottom]) + 20

@@ -163,6 +163,16 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert any("supervised baseline: kept the stored result" in m for m in messages)
   assert kept["pictures"] == again["pictures"]  # the picture of the run trained elsewhere is kept
 
+  # One method at a new budget: the stored rows of the old budget go, so a category's rows share one budget.
+  messages = []
+  longer = dataclasses.replace(_tiny_base(data_dir, name), steps=4)
+  fresh = reproduction.reproduce(longer, output, str(tmp_path / "runs4"), log=messages.append, methods=["keypointnet"])
+  assert list(fresh["runs"]) == ["KeypointNet"] and fresh["runs"]["KeypointNet"]["steps"] == 4
+  assert list(fresh["pictures"]) == ["KeypointNet"]
+  assert any("supervised baseline: dropped the stored result of another budget" in m for m in messages)
+  with pytest.raises(ValueError, match="Unknown method"):
+    reproduction.reproduce(longer, output, runs, methods=["keypointnet", "fancy"])
+
 
 def test_command_line_rejects_unknown_ablations():
   bad = subprocess.run([sys.executable, "tools/reproduce.py", "--ablations=no_such_thing"], cwd=REPO,

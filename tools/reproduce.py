@@ -40,6 +40,9 @@ _PRESET = flags.DEFINE_enum("preset", "auto", list(config_lib.PRESETS),
                             "baseline.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps of every run (default: the preset's).")
 _ABLATIONS = flags.DEFINE_list("ablations", [], "Ablations to train and evaluate with the same budget.")
+_METHODS = flags.DEFINE_list("methods", list(reproduction.METHOD_FOLDERS),
+                             "Which methods to train now (keypointnet, keypointnet_anchor, supervised); stored "
+                             "results of the others are kept when they have the same budget.")
 _MAX_PAIRS = flags.DEFINE_integer("max_pairs", None, "Evaluate at most this many test pairs (default: all).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data directory (default ~/tensorflow_datasets).")
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/reproduce", "Where the training runs go.")
@@ -69,7 +72,7 @@ def main(argv):
                                         _STEPS.value or config.steps)
       reproduction.reproduce(config, _OUTPUT_DIR.value, _RUNS_DIR.value, _ABLATIONS.value, _MAX_PAIRS.value,
                              log=lambda message: print(message, flush=True), command=command.strip(),
-                             build_data=build.build_config)
+                             build_data=build.build_config, methods=_METHODS.value)
     except (runs.RunError, build.DataBuildError, FileNotFoundError, ValueError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 2

@@ -7,8 +7,10 @@ depth > 0).
 
 Camera: the paper's (`../shared/PAPER.md` section 1.2): a perspective camera with a 5 degree field of view
 whose pose is the inverse of the stored object-to-camera matrix `mv` (conventions in keypointnet_tf.geometry;
-this module only inverts the rigid matrix). Lighting: a directional light from above (+Y, the object frame's
-up) plus ambient, diffuse only. Background: black and transparent. Output RGBA uint8 and depth (positive
+this module only inverts the rigid matrix). Lighting (LIGHTINGS): "directional", a directional light from above
+(+Y, the object frame's up) plus ambient on flat-shaded faces through pyrender's own shader; or "hemisphere", the
+paper's (its Blender script: one hemisphere lamp from above, energy 1, diffuse only, smooth shading), through the
+fragment shader _HEMISPHERE_FRAG. Background: black and transparent. Output RGBA uint8 and depth (positive
 distance along the viewing axis, 0 on the background).
 """
 
@@ -16,9 +18,11 @@ import itertools
 import math
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
@@ -29,6 +33,105 @@ from keypointnet_datasets.shapenet_pairs import meshes  # pylint: disable=g-impo
 
 # Near and far planes around the camera distance of 30 (objects fit in a unit-radius-ish ball).
 _ZNEAR, _ZFAR = 20.0, 40.0
+LIGHTINGS = ("directional", "hemisphere")
+
+# pyrender's flat shader with the paper's lighting: Blender's hemisphere lamp lights a surface of albedo a and unit
+# normal n (interpolated across the face: smooth shading) with energy * a * (0.5 + 0.5 * dot(n, up)), here with up
+# = +Y and energy 1, in linear colour (albedo decoded from sRGB, the result encoded back); nothing specular.
+_HEMISPHERE_FRAG = """#version 330 core
+struct Material {
+    vec3 emissive_factor;
+#ifdef USE_METALLIC_MATERIAL
+    vec4 base_color_factor;
+    float metallic_factor;
+    float roughness_factor;
+#endif
+#ifdef USE_GLOSSY_MATERIAL
+    vec4 diffuse_factor;
+    vec3 specular_factor;
+    float glossiness_factor;
+#endif
+#ifdef HAS_BASE_COLOR_TEX
+    sampler2D base_color_texture;
+#endif
+#ifdef HAS_DIFFUSE_TEX
+    sampler2D diffuse_texture;
+#endif
+};
+uniform Material material;
+in vec3 frag_position;
+#ifdef NORMAL_LOC
+in vec3 frag_normal;
+#endif
+#ifdef TEXCOORD_0_LOC
+in vec2 uv_0;
+#endif
+#ifdef COLOR_0_LOC
+in vec4 color_multiplier;
+#endif
+out vec4 frag_color;
+
+vec3 srgb_to_linear(vec3 c) {
+    return mix(c / 12.92, pow((c + 0.055) / 1.055, vec3(2.4)), step(vec3(0.04045), c));
+}
+vec3 linear_to_srgb(vec3 c) {
+    return mix(c * 12.92, 1.055 * pow(c, vec3(1.0 / 2.4)) - 0.055, step(vec3(0.0031308), c));
+}
+
+void main() {
+    vec4 albedo = vec4(1.0);
+#ifdef USE_METALLIC_MATERIAL
+    albedo = material.base_color_factor;
+#endif
+#ifdef USE_GLOSSY_MATERIAL
+    albedo = material.diffuse_factor;
+#endif
+#ifdef HAS_BASE_COLOR_TEX
+    albedo *= texture(material.base_color_texture, uv_0);
+#endif
+#ifdef HAS_DIFFUSE_TEX
+    albedo *= texture(material.diffuse_texture, uv_0);
+#endif
+#ifdef COLOR_0_LOC
+    albedo *= color_multiplier;
+#endif
+    float light = 1.0;
+#ifdef NORMAL_LOC
+    light = 0.5 + 0.5 * normalize(frag_normal).y;
+#endif
+    vec3 lit = srgb_to_linear(clamp(albedo.rgb, 0.0, 1.0)) * light;
+    frag_color = vec4(linear_to_srgb(clamp(lit, 0.0, 1.0)), 1.0);
+}
+"""
+
+
+def _shader_dir():
+  """A folder with pyrender's shaders, its flat fragment shader replaced by _HEMISPHERE_FRAG."""
+  target = tempfile.mkdtemp(prefix="kpnet_shaders_")
+  source = os.path.join(os.path.dirname(pyrender.__file__), "shaders")
+  for name in os.listdir(source):
+    shutil.copy(os.path.join(source, name), target)
+  with open(os.path.join(target, "flat.frag"), "w") as f:
+    f.write(_HEMISPHERE_FRAG)
+  return target
+
+
+def smooth_mesh(mesh):
+  """A pyrender.Mesh of `mesh` with interpolated vertex normals (smooth shading) and its colours kept per face.
+
+  pyrender cannot smooth a mesh with face colours (each part of a procedural object has its own), so every face
+  gets its own three vertices carrying the shared vertices' normals and the face's colour.
+  """
+  if mesh.visual.kind != "face":
+    return pyrender.Mesh.from_trimesh(mesh, smooth=True)
+  corners = np.asarray(mesh.faces).reshape(-1)
+  primitive = pyrender.Primitive(
+      positions=np.asarray(mesh.vertices, np.float32)[corners],
+      normals=np.asarray(mesh.vertex_normals, np.float32)[corners],
+      color_0=np.repeat(np.asarray(mesh.visual.face_colors, np.float32) / 255.0, 3, axis=0),
+      indices=np.arange(len(corners), dtype=np.uint32).reshape(-1, 3),
+      material=pyrender.MetallicRoughnessMaterial(baseColorFactor=[1.0, 1.0, 1.0, 1.0]))
+  return pyrender.Mesh(primitives=[primitive])
 
 
 class RenderingError(RuntimeError):
@@ -51,25 +154,40 @@ class Renderer:
     self.fov_degrees = float(fov_degrees)
     self._renderer = pyrender.OffscreenRenderer(self.image_size, self.image_size)
     self._rgba_supported = os.environ.get("PYOPENGL_PLATFORM") != "osmesa"
+    self._shaders = None
 
-  def render(self, mesh, model_view):
+  def _use_hemisphere_shader(self):
+    if self._shaders is None:
+      from pyrender import shader_program  # pylint: disable=g-import-not-at-top
+      self._shaders = _shader_dir()
+      self._renderer._renderer._program_cache = shader_program.ShaderProgramCache(self._shaders)  # pylint: disable=protected-access
+
+  def render(self, mesh, model_view, lighting="directional"):
     """Renders one view.
 
     Args:
       mesh: trimesh.Trimesh in object space (face or vertex colours).
       model_view: [4, 4] float, object-to-camera matrix (column vectors).
+      lighting: one of LIGHTINGS (module docstring).
     Returns:
       rgba: [S, S, 4] uint8, black transparent background.
       depth: [S, S] float32, distance along the viewing axis (positive), 0 where nothing was hit.
     """
+    if lighting not in LIGHTINGS:
+      raise ValueError(f"lighting must be one of {LIGHTINGS}. Received: {lighting!r}")
     scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.35, 0.35, 0.35])
-    scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=False))
     camera = pyrender.PerspectiveCamera(yfov=math.radians(self.fov_degrees), aspectRatio=1.0, znear=_ZNEAR,
                                         zfar=_ZFAR)
     scene.add(camera, pose=np.linalg.inv(np.asarray(model_view, np.float64)))
-    light_pose = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], np.float64)  # -Z -> -Y
-    scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=3.0), pose=light_pose)
     flags = pyrender.RenderFlags.RGBA if self._rgba_supported else pyrender.RenderFlags.NONE
+    if lighting == "hemisphere":
+      self._use_hemisphere_shader()
+      scene.add(smooth_mesh(mesh))
+      flags |= pyrender.RenderFlags.FLAT  # the flat shader path, which is _HEMISPHERE_FRAG here
+    else:
+      scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=False))
+      light_pose = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], np.float64)  # -Z -> -Y
+      scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=3.0), pose=light_pose)
     color, depth = self._renderer.render(scene, flags=flags)
     if color.shape[-1] == 3:
       alpha = np.where(depth > 0, 255, 0).astype(np.uint8)[..., np.newaxis]
@@ -80,12 +198,15 @@ class Renderer:
 
   def close(self):
     self._renderer.delete()
+    if self._shaders:
+      shutil.rmtree(self._shaders, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Parallel rendering in worker processes. A job renders all views of one mesh: {"mesh": mesh spec (see
-# meshes.load), "model_views": [V, 4, 4], optional "return_depth": bool}. Its result is {"images": [V, S, S, 4]
-# uint8, "keypoints": [K, 3] float32, "error": None, and "depths": [V, S, S] float32 when asked}, or
+# meshes.load), "model_views": [V, 4, 4], optional "return_depth": bool, optional "lighting": one of LIGHTINGS}.
+# Its result is {"images": [V, S, S, 4] uint8, "keypoints": [K, 3] float32, "error": None, and "depths": [V, S, S]
+# float32 when asked}, or
 # {"error": "message"} when the mesh failed to load or render.
 #
 # Workers are separate Python processes (`python -m keypointnet_datasets.shapenet_pairs.rendering`) that never
@@ -98,7 +219,7 @@ class Renderer:
 def _run_job(renderer, job):
   try:
     loaded = meshes.load(job["mesh"])
-    views = [renderer.render(loaded.mesh, mv) for mv in job["model_views"]]
+    views = [renderer.render(loaded.mesh, mv, job.get("lighting", "directional")) for mv in job["model_views"]]
     images = np.stack([image for image, _ in views])
     if not np.any(images[..., 3]):
       raise ValueError("every view rendered empty (is the mesh degenerate or far from the origin?)")

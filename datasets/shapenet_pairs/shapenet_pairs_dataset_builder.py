@@ -56,6 +56,8 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
       +X, whose ends are the orientation network's targets.
     up_axis: str. mesh_dir: the files' up axis; it becomes +Y (cameras are drawn on the upper hemisphere).
     scale: float. mesh_dir: the longest side of every object after normalisation is 2 * scale.
+    lighting: "directional" (a directional light from above plus ambient, flat faces; the default so far) or
+      "hemisphere" (the paper's: one hemisphere lamp from above, diffuse only, smooth shading); see rendering.
   """
   category: str = "planes"
   image_size: int = 128
@@ -70,6 +72,7 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
   front_axis: str = "+x"
   up_axis: str = "+y"
   scale: float = 1.0
+  lighting: str = "directional"
 
 
 def procedural_indices(num_models, extra_train_models=0):
@@ -222,6 +225,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
+    if config.lighting not in ("directional", "hemisphere"):
+      raise ValueError(f"shapenet_pairs/{config.name}: lighting must be directional or hemisphere. Received: "
+                       f"{config.lighting!r}")
     try:
       manual_dir = dl_manager.manual_dir
     except (AssertionError, ValueError):
@@ -291,7 +297,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     from keypointnet_datasets.shapenet_pairs import rendering  # pylint: disable=g-import-not-at-top
     config = self.builder_config
     model_views = {model_id: _model_views(config, model_id) for model_id, _ in models}
-    jobs = ({"mesh": spec, "model_views": model_views[model_id].reshape(-1, 4, 4)} for model_id, spec in models)
+    jobs = ({"mesh": spec, "model_views": model_views[model_id].reshape(-1, 4, 4), "lighting": config.lighting}
+            for model_id, spec in models)
     failures = []
     start = time.time()
     for (model_id, _), result in zip(models, rendering.render_jobs(jobs, config.image_size, config.fov_degrees)):
@@ -359,7 +366,8 @@ class _RenderModel:
     if self._worker is None:
       self._worker = rendering.RenderWorker(self.config.image_size, self.config.fov_degrees)
     views = _model_views(self.config, model_id)
-    result = self._worker.render({"mesh": spec, "model_views": views.reshape(-1, 4, 4)})
+    result = self._worker.render({"mesh": spec, "model_views": views.reshape(-1, 4, 4),
+                                  "lighting": self.config.lighting})
     if result["error"] is not None:
       logging.warning("shapenet_pairs: skipping %s: %s", model_id, result["error"])
       beam.metrics.Metrics.counter("shapenet_pairs", "models_skipped").inc()
