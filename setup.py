@@ -16,7 +16,9 @@ setuptools.setup(
     package_dir={"keypointnet_datasets": "datasets"},
     include_package_data=True,
     package_data={"keypointnet_datasets.shapenet_pairs": [
-        "*.md", "*.bib", "*.txt", "*.tsv", "dummy_data/*", "dummy_data/**/*"]},
+        "*.md", "*.bib", "*.txt", "*.tsv", "dummy_data/*", "dummy_data/**/*"],
+                  # the shipped models (runs.PRETRAINED_DIR): config.json, pretrained.json, weights
+                  "keypointnet_tf": ["pretrained/*/*.json", "pretrained/*/checkpoints/*"]},
     install_requires=[
         "tensorflow>=2.16,<2.22",
         "keras>=3.0",

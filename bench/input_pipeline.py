@@ -1,6 +1,6 @@
 """Input pipeline vs training: does training ever wait for input?
 
-Example (the CPU preset on the built planes_small data set; ~2 minutes on 2 CPU cores):
+Example (the CPU preset's network on the built planes_small data set; ~2 minutes on 2 CPU cores):
   python bench/input_pipeline.py
   python bench/input_pipeline.py --dataset_config=planes --image_size=128 --num_filters=64 --steps=5
 

@@ -33,7 +33,7 @@ class LossWeights:
   silhouette: float = 1.0  # -log probability mass on the object mask.
   orientation: float = 1.0  # MSE of the orientation network's +-x axis ends.
   variance: float = 0.5  # Spread of each keypoint's heatmap ("part of silhouette loss").
-  # Not in the paper (0 there): the CPU preset's warm-up anchor, see `losses.anchor_loss`. Its weight decays
+  # Not in the paper (0 there): the anchored preset's warm-up anchor, see `losses.anchor_loss`. Its weight decays
   # linearly to 0 at TrainConfig.anchor_steps.
   anchor: float = 0.0
   # Not in the paper (0 there): depth-free consistency of the triangulated keypoints, see
@@ -172,7 +172,7 @@ def fit_schedules(config, steps, explicit=()):
   The orientation flag's anneal must end (the predicted flag is what evaluation uses) and the anchor must decay to 0
   (else the run ends with two supervised landmarks) before the last step. When they already do, only `steps`
   changes. Otherwise the schedule fields not named in `explicit` are scaled by steps / config.steps (so
-  `--steps=2000` with the CPU preset anneals the flag over steps 750-1500 and ends the anchor at 1,000), and an
+  `--steps=2000` with the anchored CPU preset anneals the flag over steps 750-1500 and ends the anchor at 1,000), and an
   explicit one that still ends after the last step is refused. Supervised runs use the ground-truth flag and no
   anchor, so their schedules are left alone.
 

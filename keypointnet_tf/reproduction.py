@@ -1,7 +1,7 @@
 """The reproduction driver: build, train the three methods and ablations with one budget, evaluate, report.
 
 `reproduce(...)` runs one category end to end: "KeypointNet" (the paper's losses only, label-free),
-"KeypointNet + axis-anchor warm-up" (the CPU preset's addition, not label-free) and the supervised baseline, all
+"KeypointNet + axis-anchor warm-up" (the anchored preset's addition, not label-free) and the supervised baseline, all
 with the same steps, pairs and network. `write_report(...)` turns every category's stored results into
 `REPRODUCTION.md`: the paper's Table 1 and our rows as separate tables, the ablations, pictures and the commands.
 Every stage resumes: a run that already reached its steps is only evaluated again, and a run whose directory is
@@ -39,7 +39,7 @@ def _num_keypoints(config, n):
 
 
 # The paper's ablations: each maps the preset's unsupervised config to a variant. (The paper's losses without the
-# CPU preset's anchor are not an ablation here: that is the "KeypointNet" row itself.)
+# anchor are not an ablation here: that is the "KeypointNet" row itself.)
 ABLATIONS = {
     "no_consistency": lambda c: _weights(c, consistency=0.0),
     "no_pose": lambda c: _weights(c, pose=0.0),
@@ -298,7 +298,7 @@ def write_report(output_dir, path, command):
       "units of a ground-truth part.",
       "",
       "Method names: **KeypointNet** is the paper's six losses only (label-free). **KeypointNet + axis-anchor "
-      "warm-up** adds the CPU preset's warm-up term, which pulls keypoints 0 and 1 to the projections of the "
+      "warm-up** adds the anchored preset's warm-up term, which pulls keypoints 0 and 1 to the projections of the "
       "object's +-x axis ends during the first half of training: two landmarks from the absolute pose, so it is "
       "not label-free in the paper's sense. The **supervised baseline** regresses the ground-truth keypoints.",
       "",

@@ -18,6 +18,10 @@ from keypointnet_tf import model as model_lib
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+# Models shipped with the package, one run-like folder per name (config.json, checkpoints/ with the model's
+# weights only, pretrained.json with where it came from and its measured numbers); see write_pretrained.
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+PRETRAINED_INFO = "pretrained.json"
 
 
 class RunError(RuntimeError):
@@ -95,6 +99,68 @@ def load_trained_model(model_dir, checkpoint=None):
     raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(model_dir)}: train first (tools/train.py).")
   restore_all(tf.train.Checkpoint(model=net), checkpoint, f"run {model_dir}")
   return net, run_config
+
+
+def pretrained_models():
+  """Names of the models shipped in PRETRAINED_DIR (e.g. ["cars", "chairs", "planes"])."""
+  if not os.path.isdir(PRETRAINED_DIR):
+    return []
+  return sorted(name for name in os.listdir(PRETRAINED_DIR)
+                if os.path.exists(os.path.join(PRETRAINED_DIR, name, PRETRAINED_INFO)))
+
+
+def pretrained_dir(name):
+  """The run directory of shipped model `name`, loadable like any run (load_trained_model).
+
+  Raises:
+    RunError: no shipped model of that name (the message lists the ones there are).
+  """
+  if name not in pretrained_models():
+    raise RunError(f"No shipped model {name!r}; shipped: {pretrained_models() or 'none'} (in {PRETRAINED_DIR}).")
+  return os.path.join(PRETRAINED_DIR, name)
+
+
+def chosen_run(model_dir=None, pretrained=None):
+  """The run directory a tool was given: --model_dir, or --model naming a shipped model (exactly one of them).
+
+  Raises:
+    RunError: neither or both given, or no shipped model of that name.
+  """
+  if bool(model_dir) == bool(pretrained):
+    raise RunError("Give exactly one of --model_dir (a training run) and --model (a shipped model: "
+                   f"{', '.join(pretrained_models()) or 'none'}).")
+  return model_dir or pretrained_dir(pretrained)
+
+
+def write_pretrained(model_dir, target, info):
+  """Writes a trained run's model as a shipped model: config.json, the weights alone, pretrained.json.
+
+  The optimizer's state is left out (a third of a training checkpoint's size). Written to a temporary folder first
+  and then moved into place, so an interrupted call leaves no half-written model.
+
+  Args:
+    model_dir: the training run.
+    target: folder to create (e.g. PRETRAINED_DIR/planes); an existing one is replaced.
+    info: JSON-ready dict stored as pretrained.json (source run, step, measured numbers, command).
+  Returns:
+    the size of the written files in bytes.
+  """
+  net, run_config = load_trained_model(model_dir)
+  step = int(tf.train.latest_checkpoint(checkpoint_dir(model_dir)).rsplit("-", 1)[1])
+  tmp = target.rstrip("/") + ".tmp"
+  if tf.io.gfile.exists(tmp):
+    tf.io.gfile.rmtree(tmp)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=net), checkpoint_dir(tmp), max_to_keep=1)
+  manager.save(checkpoint_number=step)
+  config = dataclasses.replace(run_config, model_dir="", data_dir="")
+  with tf.io.gfile.GFile(os.path.join(tmp, CONFIG_FILE), "w") as f:
+    json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+  with tf.io.gfile.GFile(os.path.join(tmp, PRETRAINED_INFO), "w") as f:
+    json.dump({"step": step, **info}, f, indent=2, sort_keys=True)
+  if tf.io.gfile.exists(target):
+    tf.io.gfile.rmtree(target)
+  tf.io.gfile.rename(tmp, target)
+  return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(target) for name in names)
 
 
 def dataset_source(config, build=None):

@@ -106,3 +106,85 @@ def test_evaluate_tool_run_and_saved_model_agree(tiny_run, tiny_planes, tmp_path
   assert runs["run"]["pairs"] == runs["savedmodel"]["pairs"] == 4  # 2 test models x 2 pairs
   # Same weights, same images, same protocol: the SavedModel path reproduces the checkpoint's numbers.
   np.testing.assert_allclose(runs["savedmodel"]["errors_deg"], runs["run"]["errors_deg"], atol=0.05)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Shipped models (keypointnet_tf/pretrained, runs.write_pretrained, --model).
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_write_pretrained_keeps_the_weights_and_drops_the_optimizer(tiny_run, tmp_path):
+  from keypointnet_tf import runs  # pylint: disable=g-import-not-at-top
+  target = str(tmp_path / "pretrained" / "tiny")
+  size = runs.write_pretrained(tiny_run, target, {"method": "KeypointNet"})
+  net, config = runs.load_trained_model(tiny_run)
+  shipped, shipped_config = runs.load_trained_model(target)
+  assert len(net.weights) == len(shipped.weights)
+  for a, b in zip(net.weights, shipped.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert shipped_config.model == config.model and shipped_config.model_dir == ""
+  latest = os.path.basename(tf_latest(os.path.join(tiny_run, "checkpoints")))
+  training_bytes = sum(os.path.getsize(os.path.join(tiny_run, "checkpoints", f))
+                       for f in os.listdir(os.path.join(tiny_run, "checkpoints")) if f.startswith(latest + "."))
+  assert size < training_bytes  # no optimizer state
+  assert os.listdir(tmp_path / "pretrained") == ["tiny"]  # nothing half-written left beside it
+  with open(os.path.join(target, "pretrained.json")) as f:
+    assert json.load(f)["step"] == 1
+  with pytest.raises(runs.RunError, match="exactly one of --model_dir"):
+    runs.chosen_run(None, None)
+  with pytest.raises(runs.RunError, match="No shipped model 'nope'"):
+    runs.chosen_run(None, "nope")
+
+
+def tf_latest(folder):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.train.latest_checkpoint(folder)
+
+
+def test_shipped_models_find_the_pose_of_held_out_objects(tmp_path):
+  # Each shipped model, on 8 test objects of its category (planes_small_x10's test split, objects 220-227) exported
+  # as PLY files and rendered from new cameras through the user-mesh path; chance is ~90 degrees.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from keypointnet_datasets.shapenet_pairs import procedural  # pylint: disable=g-import-not-at-top
+  from keypointnet_datasets.shapenet_pairs import shapenet_pairs_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
+  from keypointnet_tf import evaluation  # pylint: disable=g-import-not-at-top
+  from keypointnet_tf import input_pipeline  # pylint: disable=g-import-not-at-top
+  from keypointnet_tf import runs  # pylint: disable=g-import-not-at-top
+  names = runs.pretrained_models()
+  assert "planes" in names
+  for name in names:
+    with open(os.path.join(runs.pretrained_dir(name), "pretrained.json")) as f:
+      info = json.load(f)
+    assert info["method"] == "KeypointNet" and info["category"] == name  # label-free, the paper's losses
+    net, config = runs.load_trained_model(runs.pretrained_dir(name))
+    meshes = tmp_path / name
+    meshes.mkdir()
+    for index in range(220, 228):
+      procedural.generate(name, index).mesh.export(meshes / f"{index}.ply")
+    (meshes / "splits").mkdir()
+    (meshes / "splits" / "test.txt").write_text("".join(f"{i}.ply\n" for i in range(220, 228)))
+    data_dir = tmp_path / "data"
+    builder_lib.Builder(config=builder_lib.ShapenetPairsConfig(
+        name=f"held_out_{name}", mesh_dir=str(meshes), image_size=64, pairs_per_model=4,
+        scale=procedural.CATEGORY_SCALE[name]), data_dir=data_dir).download_and_prepare()
+    dataset = input_pipeline.make_dataset(input_pipeline.find_tfds_dir(data_dir, f"held_out_{name}"), "test", 8,
+                                          image_size=config.image_size, shuffle=False, repeat=False,
+                                          deterministic=True, drop_remainder=False)
+    predict = tf.function(lambda images: net(images, training=False))
+    row = evaluation.evaluate(predict, dataset)
+    assert row["pairs"] == 32
+    assert row["median"] < 35.0, (name, row["median"], info["test"])
+
+
+def test_predict_with_a_shipped_model_in_one_command(tmp_path):
+  from keypointnet_tf import runs  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(folder / "mine.png")
+  out = tmp_path / "out"
+  proc = _predict(["--model=planes", f"--images={folder}", f"--output={out}"], tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f"Keypoints of KeypointNet ({runs.pretrained_dir('planes')})" in proc.stdout
+  assert sorted(os.listdir(out)) == ["contact_sheet.png", "mine.png"]
+  bad = _predict(["--model=planes", "--model_dir=runs/x", f"--images={folder}"], tmp_path)
+  assert bad.returncode == 2 and "exactly one of --model_dir" in bad.stderr

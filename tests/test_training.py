@@ -254,7 +254,7 @@ def test_anchor_schedule_and_validation():
   anchored = dataclasses.replace(config_lib.cpu_anchor_preset("planes"), anchor_steps=0)
   with pytest.raises(ValueError, match="anchor_steps"):
     training.resolve(anchored)
-  one_keypoint = dataclasses.replace(config_lib.cpu_preset("planes"),
+  one_keypoint = dataclasses.replace(config_lib.cpu_anchor_preset("planes"),
                                      model=config_lib.ModelConfig(num_keypoints=1))
   with pytest.raises(ValueError, match="num_keypoints >= 2"):
     training.resolve(one_keypoint)

@@ -2,6 +2,7 @@
 
 Example:
   python tools/export.py --model_dir=runs/planes            # writes runs/planes/serving/1
+  python tools/export.py --model=planes                     # a shipped model; writes serving/planes/1
   saved_model_cli show --dir runs/planes/serving/1 --all
 """
 
@@ -18,19 +19,28 @@ from keypointnet_tf import export
 from keypointnet_tf import geometry
 from keypointnet_tf import runs
 
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory (default <model_dir>/serving/1).")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory (or --model).")
+_MODEL = flags.DEFINE_string("model", None, "A model shipped with the package, by name (planes, cars, chairs), "
+                             "instead of --model_dir.")
+_OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory (default <model_dir>/serving/1, or "
+                              "serving/<model>/1 for --model).")
 _FOV = flags.DEFINE_float("fov_degrees", 5.0, "Field of view of the training camera (sets the focal length).")
 
 
 def main(argv):
   del argv
-  output = _OUTPUT.value or os.path.join(_MODEL_DIR.value, "serving", "1")
+  try:
+    model_dir = runs.chosen_run(_MODEL_DIR.value, _MODEL.value)
+  except runs.RunError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  output = _OUTPUT.value or (os.path.join("serving", _MODEL.value, "1") if _MODEL.value
+                             else os.path.join(model_dir, "serving", "1"))
   if os.path.exists(output) and os.listdir(output):
     print(f"error: {output} exists and is not empty; choose another --output or remove it.", file=sys.stderr)
     return 2
   try:
-    net, config = runs.load_trained_model(_MODEL_DIR.value)
+    net, config = runs.load_trained_model(model_dir)
   except (FileNotFoundError, runs.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -4,6 +4,7 @@ Examples:
   python tools/predict.py --model_dir=runs/planes --images=my_photos/ --output=predictions/
   python tools/predict.py --model_dir=runs/planes --test_examples=32 --output=predictions/
   python tools/predict.py --model_dir=runs/planes --turntable=17 --frames=36 --output=predictions/
+  python tools/predict.py --model=planes --images=my_photos/    # a model shipped with the package
 Writes one PNG per image, contact_sheet.png, and for --turntable an animated turntable.gif. Files that cannot be
 read are reported and skipped.
 """
@@ -25,7 +26,9 @@ from keypointnet_tf import runs
 from keypointnet_tf import visualization
 from keypointnet_datasets.shapenet_pairs import build
 
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory (or --model).")
+_MODEL = flags.DEFINE_string("model", None, "A model shipped with the package, by name (planes, cars, chairs), "
+                             "instead of --model_dir.")
 _IMAGES = flags.DEFINE_string("images", None, "Folder of PNG/JPEG images.")
 _TEST = flags.DEFINE_integer("test_examples", None, "Predict on this many test pairs of the run's data.")
 _TURNTABLE = flags.DEFINE_integer("turntable", None, "Procedural instance index to render all the way around.")
@@ -39,15 +42,16 @@ def main(argv):
     print("error: give exactly one of --images, --test_examples, --turntable", file=sys.stderr)
     return 2
   try:
-    net, config = runs.load_trained_model(_MODEL_DIR.value)
+    model_dir = runs.chosen_run(_MODEL_DIR.value, _MODEL.value)
+    net, config = runs.load_trained_model(model_dir)
   except (FileNotFoundError, runs.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if _TURNTABLE.value is not None and config.category not in config_lib.CATEGORIES:
-    print(f"error: --turntable renders procedural {', '.join(config_lib.CATEGORIES)}; the run in {_MODEL_DIR.value} "
+    print(f"error: --turntable renders procedural {', '.join(config_lib.CATEGORIES)}; the run in {model_dir} "
           f"is trained on {config.category}: use --images or --test_examples", file=sys.stderr)
     return 2
-  print(f"Keypoints of {config_lib.method_name(config)} ({_MODEL_DIR.value}).", flush=True)
+  print(f"Keypoints of {config_lib.method_name(config)} ({model_dir}).", flush=True)
   predict = tf.function(lambda images: net(images, training=False), reduce_retracing=True)
   os.makedirs(_OUTPUT.value, exist_ok=True)
   names, skipped = [], []
