@@ -249,6 +249,19 @@ def test_mixed_precision_and_xla_options_train(tiny_planes, tmp_path):
   assert "'status': 'done'" in proc.stdout and "'step': 2" in proc.stdout
 
 
+def test_anchor_weight_on_the_label_free_preset_gets_a_decay_step(tiny_planes, tmp_path):
+  # The CPU preset has no anchor; --anchor_weight=1 gives it one that decays at half the run (scaled to --steps).
+  data_dir, name = tiny_planes
+  command = _train_command(data_dir, name, str(tmp_path / "anchored"), 4) + ["--anchor_weight=1"]
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert "Training KeypointNet + axis-anchor warm-up on planes" in proc.stdout
+  assert "until step 2:" in proc.stdout and "'status': 'done'" in proc.stdout
+  with open(tmp_path / "anchored" / "config.json") as f:
+    assert json.load(f)["anchor_steps"] == 2
+
+
 def test_anchor_schedule_and_validation():
   assert [float(training.anchor_scale(s, 1000)) for s in (0, 250, 500, 1000, 5000)] == [1.0, 0.75, 0.5, 0.0, 0.0]
   anchored = dataclasses.replace(config_lib.cpu_anchor_preset("planes"), anchor_steps=0)
