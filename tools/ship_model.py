@@ -43,7 +43,8 @@ def main(argv):
           "command": "python tools/ship_model.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
   target = os.path.join(runs.PRETRAINED_DIR, _NAME.value)
   size = runs.write_pretrained(_MODEL_DIR.value, target, info)
-  print(f"Shipped {info['method']} ({category}, step {config.steps}) as {_NAME.value!r}: {target}, {size / 1024:.0f} KiB; "
+  print(f"Shipped {info['method']} ({category}, step {config.steps}) as {_NAME.value!r}: {target}, "
+        f"{size / 1024:.0f} KiB; "
         f"test mean {row['mean']:.1f} / median {row['median']:.1f} degrees on {row['pairs']} pairs.")
   return 0
 

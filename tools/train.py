@@ -100,7 +100,8 @@ def _config_from_flags():
   explicit = [name for name in config_lib.SCHEDULE_FIELDS if _INT_FLAGS[name].value is not None]
   steps = _INT_FLAGS["steps"].value or config.steps
   if config.loss.weights.anchor and not config.anchor_steps and "anchor_steps" not in explicit:
-    config = dataclasses.replace(config, anchor_steps=max(config.steps // 2, 1))  # --anchor_weight on a label-free preset
+    # --anchor_weight on a preset without an anchor: it decays at half the run.
+    config = dataclasses.replace(config, anchor_steps=max(config.steps // 2, 1))
   saved = _saved_run(training.resolve(config).model_dir)
   if saved is None:
     return config_lib.fit_schedules(config, steps, explicit), preset

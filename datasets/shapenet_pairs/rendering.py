@@ -160,7 +160,8 @@ class Renderer:
     if self._shaders is None:
       from pyrender import shader_program  # pylint: disable=g-import-not-at-top
       self._shaders = _shader_dir()
-      self._renderer._renderer._program_cache = shader_program.ShaderProgramCache(self._shaders)  # pylint: disable=protected-access
+      gl_renderer = self._renderer._renderer  # pylint: disable=protected-access
+      gl_renderer._program_cache = shader_program.ShaderProgramCache(self._shaders)  # pylint: disable=protected-access
 
   def render(self, mesh, model_view, lighting="directional"):
     """Renders one view.

@@ -152,7 +152,8 @@ def find_user_meshes(mesh_dir):
                  for root, _, names in os.walk(os.fspath(mesh_dir)) for name in names
                  if name.lower().endswith(meshes.MESH_EXTENSIONS))
   if not found:
-    raise FileNotFoundError(f"No mesh files in {mesh_dir} or below it (looked for {', '.join(meshes.MESH_EXTENSIONS)}).")
+    raise FileNotFoundError(f"No mesh files in {mesh_dir} or below it "
+                            f"(looked for {', '.join(meshes.MESH_EXTENSIONS)}).")
   assigned = _split_lists(mesh_dir / "splits")
   unknown = sorted(set(assigned) - set(found))
   if unknown:
