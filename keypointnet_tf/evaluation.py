@@ -146,16 +146,21 @@ def evaluate(predict_fn, dataset, noise_stddev=0.0, seed=0, max_pairs=None):
     max_pairs: optional int. Stop after this many pairs.
   Returns:
     dict: summarize() of all pairs, plus "errors" (the per-pair degrees) and, when the data has ground-truth
-    keypoints, semantic_scores() over all views. When the data has no object ids, "3d_se" is nan and
-    "3d_se_note" says why.
+    keypoints, semantic_scores() over all views; "flag_accuracy" (share of views whose predicted orientation flag
+    equals the ground-truth one) when predict_fn returns "predicted_orientation_flag". When the data has no
+    object ids, "3d_se" is nan and "3d_se_note" says why.
   """
   generator = tf.random.Generator.from_seed(seed)
-  errors, ids, points, parts, parts_valid = [], [], [], [], []
+  errors, ids, points, parts, parts_valid, flags_right = [], [], [], [], [], []
   for batch in dataset:
     focal = batch["focal"]
     xyz = []
     for view in ("0", "1"):
-      camera = geometry.unproject(predict_fn(batch["image" + view])["uvz"], focal)  # [B, K, 3]
+      out = predict_fn(batch["image" + view])
+      if "predicted_orientation_flag" in out:
+        flags_right.append(np.equal(np.asarray(out["predicted_orientation_flag"]),
+                                    batch["orientation_flag" + view].numpy()))
+      camera = geometry.unproject(out["uvz"], focal)  # [B, K, 3]
       xyz.append(camera)
       points.append(geometry.transform_points(batch["mvi" + view], camera).numpy())
       ids.extend(batch["model_id"].numpy().tolist())
@@ -176,6 +181,8 @@ def evaluate(predict_fn, dataset, noise_stddev=0.0, seed=0, max_pairs=None):
     row["3d_se_note"] = note
   if parts and parts[0].shape[1]:  # ground-truth keypoints present (procedural data)
     row.update(semantic_scores(np.concatenate(points), np.concatenate(parts), np.concatenate(parts_valid)))
+  if flags_right:
+    row["flag_accuracy"] = float(np.mean(np.concatenate(flags_right)))
   row["errors"] = errors
   return row
 
@@ -272,14 +279,14 @@ def markdown_table(results, include_paper=True):
       values += [None, None, None] if row is None else [row["mean"], row["median"], row["3d_se"]]
     lines.append(f"| {name} | " + " | ".join(_fmt(v, ".3f") for v in values) + " |")
   lines += ["", "| method | category | pairs | < 5 deg | < 10 deg | < 15 deg | < 30 deg | > 90 deg (flips) | DAS | "
-            "keypoints near a part |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "keypoints near a part | flag accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
   for name, by_category in results:
     for c in categories:
       if c in by_category:
         r = by_category[c]
         lines.append(f"| {name} | {c} | {r['pairs']} | {r['under_5']:.1%} | {r['under_10']:.1%} | "
                      f"{r['under_15']:.1%} | {r['under_30']:.1%} | {r['over_90']:.1%} | {_fmt(r.get('das'), '.3f')} | "
-                     f"{_fmt(r.get('near_part'), '.1%')} |")
+                     f"{_fmt(r.get('near_part'), '.1%')} | {_fmt(r.get('flag_accuracy'), '.1%')} |")
   if include_paper:
     lines += ["", "The paper's Table 1, for reference (ShapeNet, 128 px, 64 filters, 200,000 steps x 256 pairs = 51M "
               "pairs; not comparable number for number with rows trained on other data or budgets):", "",

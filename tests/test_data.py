@@ -23,10 +23,10 @@ import helpers  # pylint: disable=g-bad-import-order  (tests/helpers.py)
 FOCAL = geometry.focal_from_fov(5.0)
 
 
+@pytest.mark.parametrize("generator", procedural.GENERATORS)
 @pytest.mark.parametrize("category", ["planes", "cars", "chairs"])
-def test_procedural_is_deterministic_varied_normalised_and_keypoints_on_surface(category):
-  first, again, other = procedural.generate(category, 3), procedural.generate(category, 3), \
-      procedural.generate(category, 4)
+def test_procedural_is_deterministic_varied_normalised_and_keypoints_on_surface(category, generator):
+  first, again, other = (procedural.generate(category, index, generator) for index in (3, 3, 4))
   np.testing.assert_array_equal(first.mesh.vertices, again.mesh.vertices)
   np.testing.assert_array_equal(first.keypoints, again.keypoints)
   assert first.params != other.params  # different instances have different shape parameters
@@ -44,13 +44,50 @@ def test_procedural_is_deterministic_varied_normalised_and_keypoints_on_surface(
       assert first.keypoints[i, 2] < 0 < first.keypoints[j, 2]
 
 
-def test_procedural_front_is_plus_x():
-  plane = procedural.generate("planes", 0)
+@pytest.mark.parametrize("generator", procedural.GENERATORS)
+def test_procedural_front_is_plus_x(generator):
+  plane = procedural.generate("planes", 0, generator)
   names = procedural.KEYPOINT_NAMES["planes"]
   assert plane.keypoints[names.index("nose"), 0] > plane.keypoints[names.index("tail"), 0]
-  car = procedural.generate("cars", 0)
+  car = procedural.generate("cars", 0, generator)
   names = procedural.KEYPOINT_NAMES["cars"]
   assert car.keypoints[names.index("front_bumper"), 0] > car.keypoints[names.index("rear_bumper"), 0]
+
+
+def _faces_of_colour(mesh, rgba):
+  return mesh.triangles_center[np.all(mesh.visual.face_colors == rgba, axis=1)]
+
+
+def test_generator_2_tells_front_from_back_and_varies_like_real_objects():
+  count = 120
+  cars = [procedural.generate("cars", i, 2) for i in range(count)]
+  first_cars = [procedural.generate("cars", i, 1) for i in range(count)]
+  # Generator 1's hood and trunk ranges overlap (the flips of issue 12); generator 2's hood is always longer.
+  assert 0.05 < np.mean([c.params["trunk"] >= c.params["hood"] for c in first_cars]) < 0.4
+  assert all(c.params["hood"] > c.params["trunk"] + 0.05 * c.params["length"] for c in cars)
+  for car in cars[:20]:
+    # White headlamps only at the front (+X), red tail lamps only at the back, and the windshield raked more
+    # than the rear window: the roof's front edge is further from the front wheels than its rear edge from the
+    # rear wheels would be in a mirrored car.
+    assert np.all(_faces_of_colour(car.mesh, procedural._LAMP)[:, 0] > 0.8)
+    assert np.all(_faces_of_colour(car.mesh, procedural._TAIL_LAMP)[:, 0] < -0.8)
+    assert car.params["windshield_rake"] > car.params["rear_rake"]
+  assert {c.params["style"] for c in cars} == {"sedan", "hatchback", "wagon"}
+  planes = [procedural.generate("planes", i, 2) for i in range(count)]
+  assert {p.params["kind"] for p in planes} == {"airliner", "fighter", "light"}
+  assert {p.params["engines"] for p in planes} == {"wing2", "wing4", "rear2", "none", "propeller"}
+  assert any(p.params["t_tail"] for p in planes) and not all(p.params["t_tail"] for p in planes)
+  names = procedural.KEYPOINT_NAMES["planes"]
+  for plane in planes:  # the tail cone rises to the tail: the tail keypoint sits above the nose
+    assert plane.keypoints[names.index("tail"), 1] > plane.keypoints[names.index("nose"), 1]
+  chairs = [procedural.generate("chairs", i, 2) for i in range(count)]
+  assert {c.params["base"] for c in chairs} == {"square", "round", "splayed", "swivel"}
+  assert {c.params["back_style"] for c in chairs} == {"solid", "slats", "frame"}
+  for chair in chairs:  # the four foot keypoints stand on the floor (the mesh's lowest level; splayed legs' end
+    # caps tilt, so their rims reach a few thousandths lower than the caps' centres)
+    assert np.allclose(chair.keypoints[:4, 1], chair.mesh.bounds[0, 1], atol=0.01)
+  with pytest.raises(ValueError, match="generator"):
+    procedural.generate("cars", 0, 3)
 
 
 def test_sample_pairs_upper_hemisphere_distance_and_shift():

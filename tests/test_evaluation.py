@@ -50,11 +50,20 @@ def test_evaluate_with_exact_keypoints_gives_zero_error_and_zero_se():
   batch = {"image0": images[0], "image1": images[1], "mv0": mv[0], "mv1": mv[1],
            "mvi0": np.linalg.inv(mv[0]), "mvi1": np.linalg.inv(mv[1]), "focal": np.full([4], focal),
            "relative_rotation": geometry.relative_rotation(mv[0], mv[1]).numpy(),
-           "model_id": np.array([b"x", b"y", b"x", b"y"])}
+           "model_id": np.array([b"x", b"y", b"x", b"y"]),
+           "orientation_flag0": np.array([1, 0, 1, 1], np.float32),
+           "orientation_flag1": np.array([0, 0, 1, 0], np.float32)}
   dataset = tf.data.Dataset.from_tensors(batch)
   row = evaluation.evaluate(lambda im: {"uvz": truth[float(im.numpy()[0, 0, 0, 0])]}, dataset)
   assert row["pairs"] == 4
   assert row["mean"] < 0.05 and row["3d_se"] < 1e-3
+  assert "flag_accuracy" not in row  # the predictor gave no flag
+  # Flag accuracy over both views: view 0 all right, view 1 wrong on one of four -> 7 / 8.
+  flags = {0.0: np.array([1, 0, 1, 1], np.float32), 1.0: np.array([0, 1, 1, 0], np.float32)}
+  row = evaluation.evaluate(lambda im: {"uvz": truth[float(im.numpy()[0, 0, 0, 0])],
+                                        "predicted_orientation_flag": flags[float(im.numpy()[0, 0, 0, 0])]},
+                            dataset)
+  assert row["flag_accuracy"] == pytest.approx(7 / 8)
 
 
 def test_semantic_scores_hand_values():

@@ -2,6 +2,7 @@
 
 Examples:
   python tools/draw_renders.py --output=docs/procedural.png
+  python tools/draw_renders.py --generator=1 --output=docs/procedural_generator1.png
   python tools/draw_renders.py --lighting=directional,hemisphere --instances=6 --output=docs/lighting.png
 Each row shows --instances objects of one category (instance indices 0, 1, ...) from one fixed camera per column,
 rendered by the same worker processes as the builder (rendering.render_jobs) at --size pixels, on black.
@@ -25,6 +26,7 @@ _LIGHTING = flags.DEFINE_list("lighting", ["directional"], f"Lightings ({', '.jo
 _INSTANCES = flags.DEFINE_integer("instances", 6, "Objects per row.")
 _SIZE = flags.DEFINE_integer("size", 128, "Pixels per image.")
 _SEED = flags.DEFINE_integer("seed", 0, "Camera seed.")
+_GENERATOR = flags.DEFINE_integer("generator", 2, f"Procedural generator ({procedural.GENERATORS}).")
 _OUTPUT = flags.DEFINE_string("output", "docs/procedural.png", "PNG to write.")
 
 
@@ -32,11 +34,13 @@ def main(argv):
   del argv
   bad = [c for c in _CATEGORIES.value if c not in procedural.CATEGORY_SCALE]
   bad += [l for l in _LIGHTING.value if l not in rendering.LIGHTINGS]
-  if bad or _INSTANCES.value < 1:
-    print(f"error: unknown categories or lightings {bad} (or --instances < 1)", file=sys.stderr)
+  if bad or _INSTANCES.value < 1 or _GENERATOR.value not in procedural.GENERATORS:
+    print(f"error: unknown categories or lightings {bad} (or --instances < 1, or --generator not in "
+          f"{procedural.GENERATORS})", file=sys.stderr)
     return 2
   views = cameras.sample_pairs(np.random.default_rng(_SEED.value), _INSTANCES.value)[:, 0]  # one camera per column
-  jobs = [{"mesh": {"kind": "procedural", "category": category, "index": i}, "model_views": views[i:i + 1],
+  jobs = [{"mesh": {"kind": "procedural", "category": category, "index": i,
+                     "generator": _GENERATOR.value}, "model_views": views[i:i + 1],
            "lighting": lighting}
           for category in _CATEGORIES.value for lighting in _LIGHTING.value for i in range(_INSTANCES.value)]
   images = []

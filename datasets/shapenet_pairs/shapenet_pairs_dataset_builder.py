@@ -58,6 +58,9 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
     scale: float. mesh_dir: the longest side of every object after normalisation is 2 * scale.
     lighting: "directional" (a directional light from above plus ambient, flat faces; the default so far) or
       "hemisphere" (the paper's: one hemisphere lamp from above, diffuse only, smooth shading); see rendering.
+    generator: int. The procedural collection's version (procedural.GENERATORS): 1, the first one (cars whose
+      front and back look alike, one plane layout, four-legged chairs); 2, objects with the cues real ones have
+      (procedural._car2, _plane2, _chair2). The same model ids and cameras in both.
   """
   category: str = "planes"
   image_size: int = 128
@@ -73,6 +76,7 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
   up_axis: str = "+y"
   scale: float = 1.0
   lighting: str = "directional"
+  generator: int = 1
 
 
 def procedural_indices(num_models, extra_train_models=0):
@@ -229,6 +233,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if config.lighting not in ("directional", "hemisphere"):
       raise ValueError(f"shapenet_pairs/{config.name}: lighting must be directional or hemisphere. Received: "
                        f"{config.lighting!r}")
+    if config.generator not in procedural.GENERATORS:
+      raise ValueError(f"shapenet_pairs/{config.name}: generator must be one of {procedural.GENERATORS}. "
+                       f"Received: {config.generator!r}")
     try:
       manual_dir = dl_manager.manual_dir
     except (AssertionError, ValueError):
@@ -253,7 +260,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                    {split: len(models) for split, models in sources.items()})
     else:
       sources = {split: [(f"procedural-{config.category}-{index:06d}",
-                          {"kind": "procedural", "category": config.category, "index": index})
+                          {"kind": "procedural", "category": config.category, "index": index,
+                           "generator": config.generator})
                          for index in indices]
                  for split, indices in procedural_indices(config.num_models, config.extra_train_models).items()}
     empty = [split for split, models in sources.items() if not models]
