@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 import trimesh
 
+from keypointnet_datasets.shapenet_pairs import appearance
 from keypointnet_datasets.shapenet_pairs import cameras
 from keypointnet_datasets.shapenet_pairs import procedural
 from keypointnet_datasets.shapenet_pairs import rendering
@@ -576,3 +577,90 @@ def test_hemisphere_lighting_is_the_papers_lamp(tmp_path):
   # The other lighting really is another: there the bottom of the sphere is lit by the ambient term.
   bottom = interior & (smooth_y.reshape(size, size) < -0.8)
   assert np.mean(directional[..., 0][bottom]) > np.mean(rendered[bottom]) + 20
+
+
+def test_appearance_pieces_keep_the_mask_and_greys():
+  rng = np.random.default_rng(0)
+  rgba = np.zeros((16, 16, 4), np.uint8)
+  rgba[4:12, 4:12] = [200, 40, 40, 255]
+  backgrounds = {kind: appearance.random_background(rng, 16, kind) for kind in appearance.BACKGROUNDS}
+  for kind, background in backgrounds.items():
+    assert background.shape == (16, 16, 3) and background.dtype == np.uint8
+    out = appearance.composite(rgba, background)
+    np.testing.assert_array_equal(out[..., 3], rgba[..., 3])  # the mask is untouched
+    np.testing.assert_array_equal(out[4:12, 4:12, :3], rgba[4:12, 4:12, :3])  # the object is untouched
+    np.testing.assert_array_equal(out[0, :, :3], background[0])  # the background shows where alpha is 0
+  assert len(np.unique(backgrounds["solid"].reshape(-1, 3), axis=0)) == 1
+  # Noise varies from pixel to pixel; the texture is smooth (neighbours close) yet spans a range of colours.
+  step = {k: np.mean(np.abs(np.diff(backgrounds[k].astype(float), axis=1))) for k in ("noise", "texture")}
+  assert step["noise"] > 3 * step["texture"] and np.ptp(backgrounds["texture"]) > 60
+  with pytest.raises(ValueError, match="Background kind"):
+    appearance.random_background(rng, 8, "photo")
+  car = procedural.generate("cars", 0, 2).mesh
+  recoloured = appearance.recolour(car, np.random.default_rng(1))
+  before, after = np.asarray(car.visual.face_colors), np.asarray(recoloured.visual.face_colors)
+  def saturation(colours):
+    rgb = colours[:, :3].astype(float)
+    return (rgb.max(axis=1) - rgb.min(axis=1)) / np.maximum(rgb.max(axis=1), 1)
+
+  grey = saturation(before) <= 0.15
+  assert grey.any() and np.all(saturation(after[grey]) <= 0.15)  # tyres and bumpers stay grey
+  assert np.any(after[~grey] != before[~grey])
+  assert len(np.unique(after, axis=0)) <= len(np.unique(before, axis=0))  # one part, one colour
+  light = appearance.random_light(np.random.default_rng(2))
+  assert abs(np.linalg.norm(light["direction"]) - 1) < 1e-9 and light["direction"][1] < 0  # shines downwards
+  pose = rendering._light_pose(light["direction"])  # pylint: disable=protected-access
+  np.testing.assert_allclose(pose[:3, :3] @ [0, 0, -1.0], light["direction"], atol=1e-9)  # along the light's -Z
+  np.testing.assert_allclose(pose[:3, :3].T @ pose[:3, :3], np.eye(3), atol=1e-9)
+
+
+def test_random_appearance_renders_the_same_mask_lit_by_its_drawn_light(tmp_path):
+  sphere = trimesh.creation.icosphere(subdivisions=4)
+  sphere.visual.face_colors = np.tile([150, 150, 150, 255], (len(sphere.faces), 1))
+  sphere.export(tmp_path / "sphere.ply")
+  eye = np.array([0.0, 0.0, 30.0])
+  mv = np.eye(4)
+  mv[:3, 3] = -eye
+  spec = {"kind": "file", "path": str(tmp_path / "sphere.ply"), "front": "+x", "up": "+y"}
+  # A seed whose light faces the camera, found by repeating the job's draws (recolour, then the light).
+  for seed in range(100):
+    rng = np.random.default_rng(seed)
+    appearance.recolour(sphere, rng)
+    light = appearance.random_light(rng)
+    if -light["direction"][2] > 0.5:
+      break
+  jobs = [{"mesh": spec, "model_views": mv[np.newaxis]}, {"mesh": spec, "model_views": mv[np.newaxis],
+                                                          "appearance_seed": seed}]
+  plain, random = [r["images"][0] for r in rendering.render_jobs(jobs + jobs[1:], 48, num_workers=1)][:2]
+  np.testing.assert_array_equal(plain[..., 3], random[..., 3])  # the same mask
+  background = random[..., 3] == 0
+  assert np.all(plain[background][:, :3] == 0) and np.any(random[background][:, :3] > 0)
+  # Inside the sphere, brightness follows the drawn light's cosine (ranks), not the mirrored light's.
+  grid = geometry.ndc_grid(48, 48).numpy().reshape(-1, 2)
+  directions = np.concatenate([grid / FOCAL, -np.ones((len(grid), 1))], axis=1)
+  locations, rays, _ = trimesh.creation.icosphere(subdivisions=6).ray.intersects_location(
+      np.broadcast_to(eye, directions.shape), directions, multiple_hits=False)
+  normals = locations / np.linalg.norm(locations, axis=1, keepdims=True)
+  brightness = random.reshape(-1, 4)[rays, :3].astype(float).sum(axis=1)
+  inside = random.reshape(-1, 4)[rays, 3] == 255
+
+  def rank_correlation(a, b):
+    return np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1]
+
+  towards = -light["direction"]
+  lit = inside & (normals @ towards > 0.05)
+  mirrored = towards * [-1, 1, 1] if abs(towards[0]) > abs(towards[1]) else towards * [1, -1, 1]
+  assert lit.sum() > 200
+  assert rank_correlation(brightness[lit], normals[lit] @ towards) > 0.9
+  assert rank_correlation(brightness[lit], normals[lit] @ towards) > rank_correlation(
+      brightness[lit], normals[lit] @ mirrored) + 0.1
+
+
+def test_builder_refuses_bad_appearance_before_writing(tmp_path):
+  for kwargs, message in (({"appearance": "photo"}, "appearance must be plain or random"),
+                          ({"appearance": "random", "lighting": "hemisphere"}, "set lighting to directional"),
+                          ({"generator": 7}, "generator must be one of")):
+    builder = builder_lib.Builder(config=_tiny_config(name="bad", **kwargs), data_dir=tmp_path)
+    with pytest.raises(ValueError, match=message):
+      builder.download_and_prepare()
+    assert not list(tmp_path.rglob("dataset_info.json"))

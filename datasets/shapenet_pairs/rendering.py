@@ -10,7 +10,8 @@ whose pose is the inverse of the stored object-to-camera matrix `mv` (convention
 this module only inverts the rigid matrix). Lighting (LIGHTINGS): "directional", a directional light from above
 (+Y, the object frame's up) plus ambient on flat-shaded faces through pyrender's own shader; or "hemisphere", the
 paper's (its Blender script: one hemisphere lamp from above, energy 1, diffuse only, smooth shading), through the
-fragment shader _HEMISPHERE_FRAG. Background: black and transparent. Output RGBA uint8 and depth (positive
+fragment shader _HEMISPHERE_FRAG. Background: black and transparent, or with a job's "appearance_seed" a random
+one in RGB (alpha stays the mask), with random object colours and a random directional light (appearance.py). Output RGBA uint8 and depth (positive
 distance along the viewing axis, 0 on the background).
 """
 
@@ -29,6 +30,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pyrender  # pylint: disable=g-import-not-at-top
 
+from keypointnet_datasets.shapenet_pairs import appearance  # pylint: disable=g-import-not-at-top
 from keypointnet_datasets.shapenet_pairs import meshes  # pylint: disable=g-import-not-at-top
 
 # Near and far planes around the camera distance of 30 (objects fit in a unit-radius-ish ball).
@@ -134,6 +136,17 @@ def smooth_mesh(mesh):
   return pyrender.Mesh(primitives=[primitive])
 
 
+def _light_pose(direction):
+  """[4, 4] pose of a pyrender light (which shines along its local -Z) shining along `direction`."""
+  z = -np.asarray(direction, np.float64) / np.linalg.norm(direction)
+  helper = np.array([1.0, 0, 0]) if abs(z[0]) < 0.9 else np.array([0, 0, 1.0])
+  x = np.cross(helper, z)
+  x /= np.linalg.norm(x)
+  pose = np.eye(4)
+  pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+  return pose
+
+
 class RenderingError(RuntimeError):
   """Rendering cannot run here (no EGL, a worker died); the message says what to install."""
 
@@ -163,20 +176,25 @@ class Renderer:
       gl_renderer = self._renderer._renderer  # pylint: disable=protected-access
       gl_renderer._program_cache = shader_program.ShaderProgramCache(self._shaders)  # pylint: disable=protected-access
 
-  def render(self, mesh, model_view, lighting="directional"):
+  def render(self, mesh, model_view, lighting="directional", light=None):
     """Renders one view.
 
     Args:
       mesh: trimesh.Trimesh in object space (face or vertex colours).
       model_view: [4, 4] float, object-to-camera matrix (column vectors).
       lighting: one of LIGHTINGS (module docstring).
+      light: optional dict from appearance.random_light, replacing the directional lighting's fixed light from
+        above and its ambient level ("directional" lighting only).
     Returns:
       rgba: [S, S, 4] uint8, black transparent background.
       depth: [S, S] float32, distance along the viewing axis (positive), 0 where nothing was hit.
     """
     if lighting not in LIGHTINGS:
       raise ValueError(f"lighting must be one of {LIGHTINGS}. Received: {lighting!r}")
-    scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.35, 0.35, 0.35])
+    if light is not None and lighting != "directional":
+      raise ValueError(f"A random light replaces the directional lighting's light; lighting={lighting!r} has none.")
+    ambient = 0.35 if light is None else light["ambient"]
+    scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[ambient] * 3)
     camera = pyrender.PerspectiveCamera(yfov=math.radians(self.fov_degrees), aspectRatio=1.0, znear=_ZNEAR,
                                         zfar=_ZFAR)
     scene.add(camera, pose=np.linalg.inv(np.asarray(model_view, np.float64)))
@@ -187,8 +205,12 @@ class Renderer:
       flags |= pyrender.RenderFlags.FLAT  # the flat shader path, which is _HEMISPHERE_FRAG here
     else:
       scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=False))
-      light_pose = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], np.float64)  # -Z -> -Y
-      scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=3.0), pose=light_pose)
+      if light is None:
+        light_pose = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], np.float64)  # -Z -> -Y
+        scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=3.0), pose=light_pose)
+      else:
+        scene.add(pyrender.DirectionalLight(color=light["color"], intensity=light["intensity"]),
+                  pose=_light_pose(light["direction"]))
     color, depth = self._renderer.render(scene, flags=flags)
     if color.shape[-1] == 3:
       alpha = np.where(depth > 0, 255, 0).astype(np.uint8)[..., np.newaxis]
@@ -205,7 +227,8 @@ class Renderer:
 
 # ----------------------------------------------------------------------------------------------------------
 # Parallel rendering in worker processes. A job renders all views of one mesh: {"mesh": mesh spec (see
-# meshes.load), "model_views": [V, 4, 4], optional "return_depth": bool, optional "lighting": one of LIGHTINGS}.
+# meshes.load), "model_views": [V, 4, 4], optional "return_depth": bool, optional "lighting": one of LIGHTINGS,
+# optional "appearance_seed": int (randomised object colours, light and background per view: appearance.py)}.
 # Its result is {"images": [V, S, S, 4] uint8, "keypoints": [K, 3] float32, "error": None, and "depths": [V, S, S]
 # float32 when asked}, or
 # {"error": "message"} when the mesh failed to load or render.
@@ -220,7 +243,16 @@ class Renderer:
 def _run_job(renderer, job):
   try:
     loaded = meshes.load(job["mesh"])
-    views = [renderer.render(loaded.mesh, mv, job.get("lighting", "directional")) for mv in job["model_views"]]
+    lighting = job.get("lighting", "directional")
+    if job.get("appearance_seed") is None:
+      views = [renderer.render(loaded.mesh, mv, lighting) for mv in job["model_views"]]
+    else:
+      rng = np.random.default_rng(job["appearance_seed"])
+      mesh = appearance.recolour(loaded.mesh, rng)
+      views = []
+      for mv in job["model_views"]:
+        rgba, depth = renderer.render(mesh, mv, lighting, appearance.random_light(rng))
+        views.append((appearance.composite(rgba, appearance.random_background(rng, renderer.image_size)), depth))
     images = np.stack([image for image, _ in views])
     if not np.any(images[..., 3]):
       raise ValueError("every view rendered empty (is the mesh degenerate or far from the origin?)")

@@ -61,6 +61,10 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
     generator: int. The procedural collection's version (procedural.GENERATORS): 1, the first one (cars whose
       front and back look alike, one plane layout, four-legged chairs); 2, objects with the cues real ones have
       (procedural._car2, _plane2, _chair2). The same model ids and cameras in both.
+    appearance: "plain" (the default: the objects' own colours, the lighting above, a black background) or
+      "random" (for use on photographs: random object colours, a random directional light per view and a random
+      background per view in RGB, alpha still the mask; appearance.py). Drawn from a hash of the model id, so
+      two "random" data sets over the same models and cameras hold the same pictures. Directional lighting only.
   """
   category: str = "planes"
   image_size: int = 128
@@ -77,6 +81,7 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
   scale: float = 1.0
   lighting: str = "directional"
   generator: int = 1
+  appearance: str = "plain"
 
 
 def procedural_indices(num_models, extra_train_models=0):
@@ -233,6 +238,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if config.lighting not in ("directional", "hemisphere"):
       raise ValueError(f"shapenet_pairs/{config.name}: lighting must be directional or hemisphere. Received: "
                        f"{config.lighting!r}")
+    if config.appearance not in ("plain", "random"):
+      raise ValueError(f"shapenet_pairs/{config.name}: appearance must be plain or random. Received: "
+                       f"{config.appearance!r}")
+    if config.appearance == "random" and config.lighting != "directional":
+      raise ValueError(f"shapenet_pairs/{config.name}: appearance=random draws a directional light per view; "
+                       f"set lighting to directional (it is {config.lighting!r}).")
     if config.generator not in procedural.GENERATORS:
       raise ValueError(f"shapenet_pairs/{config.name}: generator must be one of {procedural.GENERATORS}. "
                        f"Received: {config.generator!r}")
@@ -306,8 +317,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     from keypointnet_datasets.shapenet_pairs import rendering  # pylint: disable=g-import-not-at-top
     config = self.builder_config
     model_views = {model_id: _model_views(config, model_id) for model_id, _ in models}
-    jobs = ({"mesh": spec, "model_views": model_views[model_id].reshape(-1, 4, 4), "lighting": config.lighting}
-            for model_id, spec in models)
+    jobs = (_render_job(config, model_id, spec, model_views[model_id]) for model_id, spec in models)
     failures = []
     start = time.time()
     for (model_id, _), result in zip(models, rendering.render_jobs(jobs, config.image_size, config.fov_degrees)):
@@ -335,6 +345,14 @@ def _model_views(config, model_id):
   """[pairs_per_model, 2, 4, 4] cameras of a model, drawn from a seed that is a hash of its id (any process)."""
   return cameras.sample_pairs(np.random.default_rng(_stable_hash(model_id)), config.pairs_per_model,
                               config.camera_distance, config.shift, config.roll)
+
+
+def _render_job(config, model_id, spec, model_views):
+  """The rendering job (rendering.py) of one model: its mesh spec, [pairs_per_model, 2, 4, 4] cameras and look."""
+  job = {"mesh": spec, "model_views": model_views.reshape(-1, 4, 4), "lighting": config.lighting}
+  if config.appearance == "random":
+    job["appearance_seed"] = _stable_hash(f"appearance/{model_id}")
+  return job
 
 
 def _pair_examples(config, model_id, model_views, result):
@@ -375,8 +393,7 @@ class _RenderModel:
     if self._worker is None:
       self._worker = rendering.RenderWorker(self.config.image_size, self.config.fov_degrees)
     views = _model_views(self.config, model_id)
-    result = self._worker.render({"mesh": spec, "model_views": views.reshape(-1, 4, 4),
-                                  "lighting": self.config.lighting})
+    result = self._worker.render(_render_job(self.config, model_id, spec, views))
     if result["error"] is not None:
       logging.warning("shapenet_pairs: skipping %s: %s", model_id, result["error"])
       beam.metrics.Metrics.counter("shapenet_pairs", "models_skipped").inc()
