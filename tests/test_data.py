@@ -500,6 +500,22 @@ def test_user_meshes_build_train_and_evaluate_without_a_category(tmp_path):
   row, category = evaluation.evaluate_run(str(tmp_path / "run"), "test")
   assert category == "arrows" and row["pairs"] == 4 and np.isfinite(row["median"])
   assert "das" not in row and "near_part" not in row  # no ground-truth parts on the user's meshes
+  assert 0 <= row["flag_accuracy"] <= 1
+  # The same meshes with random appearance: the same masks and cameras, backgrounds in RGB; the run evaluates on it.
+  random_config = config.replace('"name": "arrows"', '"name": "arrows_random", "appearance": "random"')
+  build = subprocess.run(["tfds", "build", os.path.join(REPO, "datasets", "shapenet_pairs"), f"--data_dir={data_dir}",
+                          f"--config={random_config}"], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path)
+  assert build.returncode == 0, build.stderr[-3000:]
+  plain, randomised = ({e["model_id"].decode() + e["mv0"].tobytes().hex(): e for e in tfds.as_numpy(
+      tfds.builder_from_directory(input_pipeline.find_tfds_dir(data_dir, name)).as_dataset(split="test"))}
+                       for name in ("arrows", "arrows_random"))
+  assert plain.keys() == randomised.keys()
+  for key, example in plain.items():
+    np.testing.assert_array_equal(example["img0"][..., 3], randomised[key]["img0"][..., 3])
+    assert np.any(randomised[key]["img0"][..., :3][example["img0"][..., 3] == 0] > 0)
+  other, _ = evaluation.evaluate_run(str(tmp_path / "run"), "test", dataset_config="arrows_random")
+  assert other["pairs"] == 4 and other["errors"].tolist() != row["errors"].tolist()
   # The reproduction trains KeypointNet and the anchored variant on it; there is nothing for a supervised baseline.
   from keypointnet_tf import config as config_lib  # pylint: disable=g-import-not-at-top
   from keypointnet_tf import reproduction  # pylint: disable=g-import-not-at-top

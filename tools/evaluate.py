@@ -9,6 +9,8 @@ Each run is evaluated on its own category and data (or --released_dir / --data_d
 orientation flag and no noise (--noise=0.1 reproduces the released code's metric). An exported SavedModel
 directory works too (with --category, and --dataset_config for non-default data):
   python tools/evaluate.py --model_dirs=runs/planes/serving/1 --category=planes --dataset_config=planes_small
+A run evaluated on other data of its category (the run's image size is kept):
+  python tools/evaluate.py --model_dirs=runs/planes --dataset_config=planes_small_x10_random
 """
 
 import json
@@ -35,7 +37,9 @@ _RELEASED = flags.DEFINE_string("released_dir", None, "Evaluate on the paper's r
 _OUTPUT = flags.DEFINE_string("output", None, "Write <output>.md and <output>.json.")
 _CATEGORY = flags.DEFINE_string("category", None, "Category of SavedModel entries (runs know their own); default: "
                                 "the --dataset_config's.")
-_DATASET_CONFIG = flags.DEFINE_string("dataset_config", None, "shapenet_pairs config for SavedModel entries.")
+_DATASET_CONFIG = flags.DEFINE_string("dataset_config", None, "shapenet_pairs config to evaluate on: needed for "
+                                      "SavedModel entries on other data than the category's full set; for runs, "
+                                      "instead of their own (e.g. planes_small_x10_random).")
 
 
 def _default_name(model_dir):
@@ -70,7 +74,8 @@ def main(argv):
       else:
         row, category = evaluation.evaluate_run(model_dir, _SPLIT.value, noise_stddev=_NOISE.value,
                                                 max_pairs=_MAX_PAIRS.value, data_dir=_DATA_DIR.value,
-                                                released_dir=_RELEASED.value)
+                                                released_dir=_RELEASED.value,
+                                                dataset_config=_DATASET_CONFIG.value)
     except (FileNotFoundError, ValueError, runs.RunError) as e:
       print(f"error: {model_dir}: {e}", file=sys.stderr)
       return 2
