@@ -11,8 +11,8 @@ this module only inverts the rigid matrix). Lighting (LIGHTINGS): "directional",
 (+Y, the object frame's up) plus ambient on flat-shaded faces through pyrender's own shader; or "hemisphere", the
 paper's (its Blender script: one hemisphere lamp from above, energy 1, diffuse only, smooth shading), through the
 fragment shader _HEMISPHERE_FRAG. Background: black and transparent, or with a job's "appearance_seed" a random
-one in RGB (alpha stays the mask), with random object colours and a random directional light (appearance.py). Output RGBA uint8 and depth (positive
-distance along the viewing axis, 0 on the background).
+one in RGB (alpha stays the mask), with random object colours and a random directional light (appearance.py).
+Output RGBA uint8 and depth (positive distance along the viewing axis, 0 on the background).
 """
 
 import itertools
