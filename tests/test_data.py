@@ -675,8 +675,36 @@ def test_random_appearance_renders_the_same_mask_lit_by_its_drawn_light(tmp_path
 def test_builder_refuses_bad_appearance_before_writing(tmp_path):
   for kwargs, message in (({"appearance": "photo"}, "appearance must be plain or random"),
                           ({"appearance": "random", "lighting": "hemisphere"}, "set lighting to directional"),
-                          ({"generator": 7}, "generator must be one of")):
+                          ({"generator": 7}, "generator must be one of"),
+                          ({"deformation": "twist"}, "deformation must be none or one of")):
     builder = builder_lib.Builder(config=_tiny_config(name="bad", **kwargs), data_dir=tmp_path)
     with pytest.raises(ValueError, match=message):
       builder.download_and_prepare()
     assert not list(tmp_path.rglob("dataset_info.json"))
+
+
+def test_deformations_bend_stretch_and_taper_with_keypoints_on_the_surface():
+  plane = procedural.generate("planes", 3)
+  names = procedural.KEYPOINT_NAMES["planes"]
+  nose, tail, root = names.index("nose"), names.index("tail"), names.index("left_wing_root_leading_edge")
+  extents = np.ptp(plane.mesh.bounds, axis=0)
+  for kind in procedural.DEFORMATIONS:
+    mesh, points = procedural.deform(plane.mesh, plane.keypoints, kind, 0.3)
+    _, distance, _ = mesh.nearest.on_surface(points)
+    assert np.max(distance) < 1e-4, kind  # the keypoints moved with the surface
+    assert np.max(np.ptp(mesh.bounds, axis=0)) == pytest.approx(2.0)  # renormalised
+    assert len(np.unique(mesh.visual.face_colors, axis=0)) == len(np.unique(plane.mesh.visual.face_colors, axis=0))
+    if kind == "bend":  # nose and tail rise against the wing root
+      for end in (nose, tail):
+        assert points[end, 1] - points[root, 1] > plane.keypoints[end, 1] - plane.keypoints[root, 1] + 0.1
+    elif kind == "stretch":  # 1.3 times longer against the height and the span
+      after = np.ptp(mesh.bounds, axis=0)
+      np.testing.assert_allclose(after[0] / after[1:], 1.3 * extents[0] / extents[1:], rtol=1e-6)
+    else:  # taper: the section grows towards the nose; the x positions stay in order
+      front = mesh.vertices[mesh.vertices[:, 0] > 0.5]
+      back = mesh.vertices[mesh.vertices[:, 0] < -0.5]
+      before_front = plane.mesh.vertices[plane.mesh.vertices[:, 0] > 0.5]
+      assert np.ptp(front[:, 1]) / np.ptp(back[:, 1]) > np.ptp(before_front[:, 1]) / np.ptp(
+          plane.mesh.vertices[plane.mesh.vertices[:, 0] < -0.5][:, 1])
+  with pytest.raises(ValueError, match="Unknown deformation"):
+    procedural.deform(plane.mesh, plane.keypoints, "twist", 0.3)

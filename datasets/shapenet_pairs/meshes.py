@@ -2,7 +2,7 @@
 
 A mesh spec is a small picklable dict (it travels to rendering workers):
 - {"kind": "procedural", "category": "planes", "index": 17, "generator": 2} ("generator": procedural.GENERATORS;
-  1 when left out)
+  1 when left out; optional "deformation": one of procedural.DEFORMATIONS with its "amount")
 - {"kind": "shapenet", "path": ".../model_normalized.obj", "version": 2, "scale": 1.0}
 - {"kind": "file", "path": "/data/mugs/a/mug.ply", "front": "+x", "up": "+y", "scale": 1.0}: a user's mesh
   (any format trimesh reads: MESH_EXTENSIONS) whose front and up point along the given axes of its file
@@ -58,6 +58,8 @@ def load(spec):
   """Loads a mesh spec (see module docstring). Raises ValueError with the path for unusable files."""
   if spec["kind"] == "procedural":
     obj = procedural.generate(spec["category"], spec["index"], spec.get("generator", 1))
+    if spec.get("deformation", "none") != "none":
+      return LoadedMesh(*procedural.deform(obj.mesh, obj.keypoints, spec["deformation"], spec["amount"]))
     return LoadedMesh(obj.mesh, obj.keypoints)
   if spec["kind"] not in ("shapenet", "file"):
     raise ValueError(f"Unknown mesh spec kind {spec['kind']!r}.")

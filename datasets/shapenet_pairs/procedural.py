@@ -569,3 +569,45 @@ def generate(category, index, generator=1):
   mesh, keypoints = normalise(mesh, np.stack(keypoints), CATEGORY_SCALE[category])
   return ProceduralObject(mesh=mesh, keypoints=keypoints, keypoint_names=KEYPOINT_NAMES[category],
                           params=params)
+
+
+DEFORMATIONS = ("bend", "stretch", "taper")
+
+
+def deform(mesh, points, kind, amount):
+  """A non-rigid deformation of a normalised object and its keypoints (the paper's Fig. 8 test), renormalised.
+
+  The mesh is first subdivided to edges of at most 0.1 (so flat parts such as wings really bend), then every
+  vertex and keypoint goes through the same map of the object frame (x along the length, y up):
+  - "bend": y += amount * x^2 (nose and tail rise: a banana);
+  - "stretch": x *= 1 + amount (longer, hence thinner once renormalised);
+  - "taper": y and z *= 1 + amount * x (the front grows, the back shrinks).
+  Keypoints on vertices stay exactly on the surface; inside a small face they stay within the face's curvature.
+
+  Args:
+    mesh: trimesh.Trimesh with face colours, normalised (see normalise).
+    points: [K, 3] keypoints in the same frame.
+    kind: one of DEFORMATIONS.
+    amount: float, e.g. 0.3.
+  Returns:
+    (mesh, points): a new mesh and [K, 3] float32 keypoints, renormalised to the input's longest side.
+  """
+  if kind not in DEFORMATIONS:
+    raise ValueError(f"Unknown deformation {kind!r}; expected one of {DEFORMATIONS}.")
+
+  def warp(xyz):
+    x, y, z = np.asarray(xyz, np.float64).reshape(-1, 3).T
+    if kind == "bend":
+      y = y + amount * x ** 2
+    elif kind == "stretch":
+      x = x * (1 + amount)
+    else:
+      y, z = y * (1 + amount * x), z * (1 + amount * x)
+    return np.stack([x, y, z], axis=1)
+
+  longest = float(np.max(mesh.bounds[1] - mesh.bounds[0]))
+  vertices, faces, index = trimesh.remesh.subdivide_to_size(mesh.vertices, mesh.faces, max_edge=0.1,
+                                                             return_index=True)
+  warped = trimesh.Trimesh(warp(vertices), faces, process=False)
+  warped.visual.face_colors = np.asarray(mesh.visual.face_colors)[index]
+  return normalise(warped, warp(points), longest / 2)

@@ -65,6 +65,10 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
       "random" (for use on photographs: random object colours, a random directional light per view and a random
       background per view in RGB, alpha still the mask; appearance.py). Drawn from a hash of the model id, so
       two "random" data sets over the same models and cameras hold the same pictures. Directional lighting only.
+    deformation: "none", or a non-rigid deformation of the procedural objects and their keypoints
+      (procedural.DEFORMATIONS: "bend", "stretch", "taper"; the paper's Fig. 8 test): evaluate a model trained on
+      undeformed objects on the same objects and cameras deformed.
+    deformation_amount: float. Its strength (procedural.deform).
   """
   category: str = "planes"
   image_size: int = 128
@@ -82,6 +86,8 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
   lighting: str = "directional"
   generator: int = 1
   appearance: str = "plain"
+  deformation: str = "none"
+  deformation_amount: float = 0.3
 
 
 def procedural_indices(num_models, extra_train_models=0):
@@ -244,6 +250,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if config.appearance == "random" and config.lighting != "directional":
       raise ValueError(f"shapenet_pairs/{config.name}: appearance=random draws a directional light per view; "
                        f"set lighting to directional (it is {config.lighting!r}).")
+    if config.deformation != "none" and (config.deformation not in procedural.DEFORMATIONS or config.mesh_dir):
+      raise ValueError(f"shapenet_pairs/{config.name}: deformation must be none or one of "
+                       f"{procedural.DEFORMATIONS}, for the procedural collection. Received: {config.deformation!r}"
+                       + (" with mesh_dir" if config.mesh_dir else ""))
     if config.generator not in procedural.GENERATORS:
       raise ValueError(f"shapenet_pairs/{config.name}: generator must be one of {procedural.GENERATORS}. "
                        f"Received: {config.generator!r}")
@@ -272,7 +282,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     else:
       sources = {split: [(f"procedural-{config.category}-{index:06d}",
                           {"kind": "procedural", "category": config.category, "index": index,
-                           "generator": config.generator})
+                           "generator": config.generator, "deformation": config.deformation,
+                           "amount": config.deformation_amount})
                          for index in indices]
                  for split, indices in procedural_indices(config.num_models, config.extra_train_models).items()}
     empty = [split for split, models in sources.items() if not models]
