@@ -5,6 +5,7 @@ Examples:
   python tools/draw_renders.py --generator=1 --output=docs/procedural_generator1.png
   python tools/draw_renders.py --lighting=directional,hemisphere --instances=6 --output=docs/lighting.png
   python tools/draw_renders.py --deformation=none,bend,stretch,taper --generator=1 --output=docs/deformations.png
+  python tools/draw_renders.py --random_appearance --output=docs/appearance.png
 Each row shows --instances objects of one category (instance indices 0, 1, ...) from one fixed camera per column,
 rendered by the same worker processes as the builder (rendering.render_jobs) at --size pixels, on black.
 """
@@ -30,6 +31,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Camera seed.")
 _DEFORMATION = flags.DEFINE_list("deformation", ["none"], "Deformations (none, bend, stretch, taper), one row per "
                                  "category and lighting each.")
 _AMOUNT = flags.DEFINE_float("amount", 0.3, "Deformation amount.")
+_RANDOM = flags.DEFINE_bool("random_appearance", False, "Random object colours, light and background (the "
+                            "builder's appearance=random), drawn from --seed and the object's index.")
 _GENERATOR = flags.DEFINE_integer("generator", 2, f"Procedural generator ({procedural.GENERATORS}).")
 _OUTPUT = flags.DEFINE_string("output", "docs/procedural.png", "PNG to write.")
 
@@ -49,6 +52,9 @@ def main(argv):
                     "deformation": deformation, "amount": _AMOUNT.value},
            "model_views": views[i:i + 1], "lighting": lighting}
           for category, lighting, deformation in rows for i in range(_INSTANCES.value)]
+  if _RANDOM.value:
+    for number, job in enumerate(jobs):
+      job["appearance_seed"] = _SEED.value * 100_000 + number
   images = []
   for result in rendering.render_jobs(jobs, _SIZE.value):
     if result["error"]:
