@@ -1,6 +1,7 @@
 """Data: procedural meshes, renders checked against trimesh's ray caster, the builder, readers, pipeline."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -708,3 +709,45 @@ def test_deformations_bend_stretch_and_taper_with_keypoints_on_the_surface():
           plane.mesh.vertices[plane.mesh.vertices[:, 0] < -0.5][:, 1])
   with pytest.raises(ValueError, match="Unknown deformation"):
     procedural.deform(plane.mesh, plane.keypoints, "twist", 0.3)
+
+
+def test_human_annotations_follow_the_mesh_into_the_data_set(tmp_path):
+  # A ShapeNetCore.v2 arrow (nose along -Z) with a KeypointNet-style annotation file: the nose (semantic id 3) and
+  # the tail end (id 0); another class's record and a model without annotations are in the file or folder too.
+  manual = tmp_path / "manual"
+  arrow = _arrow([0.0, 0.0, -1.6])
+  tail = arrow.vertices[np.argmax(arrow.vertices[:, 2])]
+  for model_id in ("arrow", "plain"):
+    _write_obj(manual / "02691156" / model_id / "models" / "model_normalized.obj", arrow.vertices, arrow.faces)
+  records = [{"class_id": "02691156", "model_id": "arrow", "keypoints": [
+      {"xyz": [0.0, 0.0, -1.6], "rgb": [0, 0, 0], "semantic_id": 3, "pcd_info": {"point_index": 0}},
+      {"xyz": tail.tolist(), "rgb": [0, 0, 0], "semantic_id": 0, "pcd_info": {"point_index": 1}}]},
+             {"class_id": "03001627", "model_id": "chair", "keypoints": [{"xyz": [0, 0, 0], "semantic_id": 20}]}]
+  (manual / "annotations").mkdir()
+  (manual / "annotations" / "airplane.json").write_text(json.dumps(records))
+  for split in ("train", "validation", "test"):
+    (manual / "splits" / "02691156").mkdir(parents=True, exist_ok=True)
+    (manual / "splits" / "02691156" / f"{split}.txt").write_text("arrow\nplain\n" if split == "test" else "")
+  builder = builder_lib.Builder(config=_tiny_config(name="annotated", num_models=(0, 0, 0)), data_dir=tmp_path / "d")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  examples = {e["model_id"].decode(): e for e in tfds.as_numpy(builder.as_dataset(split="test"))}
+  annotated, plain = examples["arrow"], examples["plain"]
+  assert annotated["keypoint_valid"].tolist() == [True, False, False, True]  # ids 0..3 of this category
+  assert not plain["keypoint_valid"].any() and plain["keypoints"].shape == (4, 3)
+  # The nose went through the mesh's transform: it is the +X end of the normalised arrow, on its axis; the tail
+  # keypoint is on the rendered object's -X side. Both sit on the surface of the mesh as the renderer saw it.
+  from keypointnet_datasets.shapenet_pairs import meshes  # pylint: disable=g-import-not-at-top
+  loaded = meshes.load({"kind": "shapenet", "path": str(manual / "02691156" / "arrow" / "models" /
+                                                         "model_normalized.obj"), "version": 2})
+  nose = annotated["keypoints"][3]
+  assert nose[0] == pytest.approx(loaded.mesh.bounds[1][0], abs=1e-5) and np.allclose(nose[1:], 0, atol=1e-5)
+  assert annotated["keypoints"][0][0] < -0.5
+  _, distance, _ = loaded.mesh.nearest.on_surface(annotated["keypoints"][[0, 3]])
+  assert np.max(distance) < 1e-5
+  # DAS against them: exact predictions score 1; a bad file is refused with its name.
+  truth = np.stack([annotated["keypoints"]] * 2)
+  valid = np.stack([annotated["keypoint_valid"]] * 2)
+  assert evaluation.semantic_scores(truth[:, [0, 3]], truth, valid)["das"] == pytest.approx(1.0)
+  (manual / "annotations" / "airplane.json").write_text('{"not": "a list"}')
+  with pytest.raises(ValueError, match="airplane.json: not a KeypointNet annotation file"):
+    builder_lib.load_annotations(manual / "annotations" / "airplane.json", "02691156")

@@ -52,6 +52,7 @@ def axes_to_object_frame(front, up):
 class LoadedMesh:
   mesh: trimesh.Trimesh  # normalised, object frame
   keypoints: np.ndarray  # [K, 3] float32 ground truth in the same frame; [0, 3] when there is none
+  keypoint_valid: np.ndarray = None  # [K] bool; None: all valid
 
 
 def load(spec):
@@ -74,9 +75,16 @@ def load(spec):
   extent = mesh.bounds[1] - mesh.bounds[0]
   if not np.max(extent) > 0:
     raise ValueError(f"{path}: the mesh has zero size")
+  # Human keypoints (the KeypointNet dataset's, in model_normalized.obj's raw frame) go through the mesh's transform.
+  points = np.asarray(spec.get("keypoints", np.zeros([0, 3])), np.float64).reshape(-1, 3)
   if spec["kind"] == "file":
     mesh.apply_transform(axes_to_object_frame(spec.get("front", "+x"), spec.get("up", "+y")))
   elif spec.get("version", 2) == 2:
     mesh.apply_transform(V2_TO_V1)
-  mesh, keypoints = procedural.normalise(mesh, np.zeros([0, 3]), spec.get("scale", 1.0))
-  return LoadedMesh(mesh, keypoints)
+    points = trimesh.transform_points(points, V2_TO_V1) if len(points) else points
+  elif len(points):
+    raise ValueError(f"{path}: keypoint annotations are in ShapeNetCore.v2's frame; this is a v1 model.obj "
+                     "(use ShapeNetCore.v2 meshes with annotations)")
+  mesh, keypoints = procedural.normalise(mesh, points, spec.get("scale", 1.0))
+  valid = spec.get("keypoint_valid")
+  return LoadedMesh(mesh, keypoints, None if valid is None else np.asarray(valid, np.bool_))

@@ -229,7 +229,8 @@ class Renderer:
 # Parallel rendering in worker processes. A job renders all views of one mesh: {"mesh": mesh spec (see
 # meshes.load), "model_views": [V, 4, 4], optional "return_depth": bool, optional "lighting": one of LIGHTINGS,
 # optional "appearance_seed": int (randomised object colours, light and background per view: appearance.py)}.
-# Its result is {"images": [V, S, S, 4] uint8, "keypoints": [K, 3] float32, "error": None, and "depths": [V, S, S]
+# Its result is {"images": [V, S, S, 4] uint8, "keypoints": [K, 3] float32, "error": None, "keypoint_valid": [K] bool
+# when some keypoints are missing (human annotations), and "depths": [V, S, S]
 # float32 when asked}, or
 # {"error": "message"} when the mesh failed to load or render.
 #
@@ -257,6 +258,8 @@ def _run_job(renderer, job):
     if not np.any(images[..., 3]):
       raise ValueError("every view rendered empty (is the mesh degenerate or far from the origin?)")
     result = {"images": images, "keypoints": loaded.keypoints, "error": None}
+    if loaded.keypoint_valid is not None:
+      result["keypoint_valid"] = loaded.keypoint_valid
     if job.get("return_depth"):
       result["depths"] = np.stack([depth for _, depth in views])
     return result

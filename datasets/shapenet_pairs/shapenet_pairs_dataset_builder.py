@@ -69,6 +69,11 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
       (procedural.DEFORMATIONS: "bend", "stretch", "taper"; the paper's Fig. 8 test): evaluate a model trained on
       undeformed objects on the same objects and cameras deformed.
     deformation_amount: float. Its strength (procedural.deform).
+    annotations: str. ShapeNetCore sources: the KeypointNet dataset's annotation JSON (annotations/<airplane|car|
+      chair>.json or all.json; absolute, or relative to the manual dir); by default
+      <manual_dir>/annotations/<name>.json or all.json when present. Each model's human keypoints go through the
+      mesh's own transform and are stored by semantic id with keypoint_valid (False where a model lacks a part),
+      so the evaluator's DAS scores predictions against them.
   """
   category: str = "planes"
   image_size: int = 128
@@ -88,6 +93,7 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
   appearance: str = "plain"
   deformation: str = "none"
   deformation_amount: float = 0.3
+  annotations: str = ""
 
 
 def procedural_indices(num_models, extra_train_models=0):
@@ -200,6 +206,68 @@ def _find_shapenet_models(manual_dir, synset_id):
   return {}, None
 
 
+# The KeypointNet dataset's (You et al., CVPR 2020) annotation file names per category.
+ANNOTATION_NAMES = {"cars": "car", "planes": "airplane", "chairs": "chair"}
+
+
+def _annotation_file(config, manual_dir):
+  """The annotation JSON to use: config.annotations (absolute, or relative to the manual dir), else
+  <manual_dir>/annotations/<airplane|car|chair>.json or all.json when present, else None."""
+  if config.annotations:
+    path = pathlib.Path(os.path.expanduser(config.annotations))
+    path = path if path.is_absolute() else manual_dir / path
+    if not path.is_file():
+      raise FileNotFoundError(f"shapenet_pairs/{config.name}: annotations={config.annotations}: no such file "
+                              f"({path}). Give the KeypointNet dataset's annotations/<category>.json or all.json.")
+    return path
+  for name in (ANNOTATION_NAMES[config.category], "all"):
+    if (manual_dir / "annotations" / f"{name}.json").is_file():
+      return manual_dir / "annotations" / f"{name}.json"
+  return None
+
+
+def load_annotations(path, synset_id):
+  """Human keypoints per model from a KeypointNet-dataset annotation file (`../shared/PAPER.md` section C).
+
+  Args:
+    path: pathlib.Path of the JSON list of {"class_id", "model_id", "keypoints": [{"xyz", "semantic_id"}, ...]}
+      records (other classes' records are ignored), or None.
+    synset_id: the category's ShapeNet synset.
+  Returns:
+    {model_id: {"keypoints": [K, 3] float64 xyz in model_normalized.obj's frame, indexed by semantic id,
+    "keypoint_valid": [K] bool}}, K = the largest semantic id of the category + 1, plus under key None the entry
+    of a model without annotations (all invalid); {} without a file.
+  Raises:
+    ValueError: the file is not such a list (the message names the file and the record).
+  """
+  if path is None:
+    return {}
+  import json  # pylint: disable=g-import-not-at-top
+  try:
+    records = json.loads(pathlib.Path(path).read_text())
+    if not isinstance(records, list):
+      raise TypeError("the top level is not a list")
+    ours = [r for r in records if str(r["class_id"]) == synset_id]
+    points = {r["model_id"]: [(int(k["semantic_id"]), [float(v) for v in k["xyz"]]) for k in r["keypoints"]]
+              for r in ours}
+  except (ValueError, TypeError, KeyError) as e:
+    raise ValueError(f"{path}: not a KeypointNet annotation file (a JSON list of records with class_id, "
+                     f"model_id and keypoints of xyz and semantic_id): {type(e).__name__}: {e}") from e
+  ids = [semantic for keypoints in points.values() for semantic, _ in keypoints]
+  if not ids:
+    raise ValueError(f"{path}: no annotated keypoints for synset {synset_id}.")
+  if min(ids) < 0 or any(len(xyz) != 3 for keypoints in points.values() for _, xyz in keypoints):
+    raise ValueError(f"{path}: semantic ids must be >= 0 and xyz must have 3 numbers.")
+  count = max(ids) + 1
+  out = {None: {"keypoints": np.zeros([count, 3]), "keypoint_valid": np.zeros(count, np.bool_)}}
+  for model_id, keypoints in points.items():
+    xyz, valid = np.zeros([count, 3]), np.zeros(count, np.bool_)
+    for semantic, point in keypoints:
+      xyz[semantic], valid[semantic] = point, True
+    out[model_id] = {"keypoints": xyz, "keypoint_valid": valid}
+  return out
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for shapenet_pairs."""
 
@@ -216,6 +284,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     <manual_dir>/<synset_id>/<model_id>/model.obj                        (ShapeNetCore.v1)
   Optional split lists (one model id per line): <manual_dir>/splits/<synset_id>/{train,validation,test}.txt;
   models not listed are assigned by a stable hash of their id (85% / 5% / 10%).
+  Optional human keypoints (the KeypointNet dataset, github.com/qq456cvb/KeypointNet, on ShapeNetCore.v2):
+    <manual_dir>/annotations/{airplane,car,chair}.json or <manual_dir>/annotations/all.json
   Then: tfds build datasets/shapenet_pairs --config=cars --manual_dir=<manual_dir>
   """
 
@@ -274,9 +344,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             f"  {manual_dir}/{synset_id}/<model_id>/model.obj\n"
             "Leave out --manual_dir to build the procedural collection instead.")
       scale = procedural.CATEGORY_SCALE[config.category]
+      annotated = load_annotations(_annotation_file(config, manual_dir), synset_id)
       sources = {split: [(model_id, {"kind": "shapenet", "path": os.fspath(path), "version": version,
-                                     "scale": scale}) for model_id, path, version in models]
+                                     "scale": scale, **annotated.get(model_id, annotated.get(None, {}))})
+                         for model_id, path, version in models]
                  for split, models in by_split.items()}
+      if annotated:
+        logging.info("shapenet_pairs: %d models carry human keypoints (%d semantic ids)",
+                     len([m for models in by_split.values() for m, _, _ in models if m in annotated]),
+                     len(annotated[None]["keypoint_valid"]))
       logging.info("shapenet_pairs: ShapeNetCore source at %s: %s", root,
                    {split: len(models) for split, models in sources.items()})
     else:
@@ -371,6 +447,7 @@ def _pair_examples(config, model_id, model_views, result):
   focal = np.float32(geometry.focal_from_fov(config.fov_degrees))
   images = result["images"].reshape(config.pairs_per_model, 2, config.image_size, config.image_size, 4)
   keypoints = result["keypoints"].astype(np.float32)
+  valid = np.asarray(result.get("keypoint_valid", np.ones(len(keypoints))), np.bool_)
   for pair, (mv_pair, image_pair) in enumerate(zip(model_views, images)):
     mv0, mv1 = mv_pair.astype(np.float32)
     yield f"{model_id}/{pair:04d}", {
@@ -378,7 +455,7 @@ def _pair_examples(config, model_id, model_views, result):
         "mv0": mv0, "mvi0": np.linalg.inv(mv_pair[0]).astype(np.float32),
         "mv1": mv1, "mvi1": np.linalg.inv(mv_pair[1]).astype(np.float32),
         "focal": focal, "model_id": model_id,
-        "keypoints": keypoints, "keypoint_valid": np.ones(len(keypoints), np.bool_),
+        "keypoints": keypoints, "keypoint_valid": valid,
     }
 
 
