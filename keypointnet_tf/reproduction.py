@@ -77,7 +77,7 @@ def supervised_config(config):
 
 
 def method_configs(base_config, root):
-  """The three methods of a reproduction with one budget, keyed by `config.method_name`.
+  """The methods of a reproduction with one budget, keyed by `config.method_name`.
 
   Args:
     base_config: TrainConfig of the preset (with or without the anchor).
@@ -85,15 +85,21 @@ def method_configs(base_config, root):
   Returns:
     dict name -> TrainConfig: "KeypointNet" (the preset with the anchor weight 0: the paper's losses only), the
     anchored variant (the preset's anchor, or weight 1 decaying to 0 at half the steps when it has none) and the
-    supervised baseline (left out when the data has no ground-truth keypoints to regress).
+    supervised baseline (left out when the data has no ground-truth keypoints to regress); then the paper's rows b
+    and c, the supervised baseline and KeypointNet with the KeypointNet run's orientation network loaded and
+    frozen ("with pretrained O-Net"; that run is trained first).
   """
   label_free = _weights(base_config, anchor=0.0)
   anchored = base_config
   if not base_config.loss.weights.anchor:
     anchored = dataclasses.replace(_weights(base_config, anchor=1.0), anchor_steps=max(base_config.steps // 2, 1))
   supervised = supervised_config(training.resolve(base_config))
+  onet = os.path.join(root, "keypointnet")  # its orientation network, trained by the orientation loss alone
+  supervised_onet = supervised and dataclasses.replace(supervised, orientation_from=onet)
+  label_free_onet = dataclasses.replace(label_free, orientation_from=onet)
   configs = {}
-  for config, folder in ((label_free, "keypointnet"), (anchored, "keypointnet_anchor"), (supervised, "supervised")):
+  for config, folder in ((label_free, "keypointnet"), (anchored, "keypointnet_anchor"), (supervised, "supervised"),
+                         (supervised_onet, "supervised_onet"), (label_free_onet, "keypointnet_onet")):
     if config is None:
       continue
     configs[config_lib.method_name(config)] = dataclasses.replace(config, model_dir=os.path.join(root, folder))
@@ -153,7 +159,9 @@ def _pictures(run_dirs, config, path, num_examples=8, display_size=128):
   prediction.save_picture(sheet, path)
 
 
-METHOD_FOLDERS = ("keypointnet", "keypointnet_anchor", "supervised")  # method_configs' run folders, in order
+# method_configs' run folders, in order; the last two are the paper's rows b and c (frozen pretrained O-Net).
+METHOD_FOLDERS = ("keypointnet", "keypointnet_anchor", "supervised", "supervised_onet", "keypointnet_onet")
+DEFAULT_METHODS = METHOD_FOLDERS[:3]
 
 
 def _budget_key(config_dict):
@@ -164,7 +172,7 @@ def _budget_key(config_dict):
 
 
 def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, log=print, command="",
-              build_data=None, methods=METHOD_FOLDERS):
+              build_data=None, methods=DEFAULT_METHODS):
   """Runs one category: KeypointNet, the supervised baseline (same steps), ablations; stores the results.
 
   Args:
@@ -176,7 +184,7 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     log: callable for progress messages.
     command: str, the command line that runs this (stored with the category's results for the report).
     build_data: optional callable that builds the category's data when it is missing (runs.dataset_source).
-    methods: which of the three methods to train now, by run folder (METHOD_FOLDERS); the others keep their stored
+    methods: which methods to train now, by run folder (METHOD_FOLDERS); the others keep their stored
       results when those have this budget. Stored results of another budget (data, steps, pairs per step, size)
       are dropped, so a category's rows always share one budget.
   Returns:
@@ -194,6 +202,11 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     log(f"[{category}] the data has no ground-truth keypoints: no supervised baseline")
   configs = {name: config for name, config in configs.items()
              if os.path.basename(config.model_dir) in methods}
+  onet = os.path.join(root, "keypointnet", "checkpoints")
+  if ({"supervised_onet", "keypointnet_onet"} & set(methods) and "keypointnet" not in methods
+      and tf.train.latest_checkpoint(onet) is None):
+    raise ValueError(f"The pretrained-O-Net rows load the orientation network of {os.path.dirname(onet)}, which has "
+                     "no checkpoint: add keypointnet to the methods (it is trained first).")
   for name in ablations:
     configs[f"ablation: {name}"] = dataclasses.replace(ABLATIONS[name](base_config),
                                                        model_dir=os.path.join(root, f"ablation_{name}"))
@@ -267,7 +280,8 @@ def _budget(run):
 
 
 def _method_order(name):
-  order = ["KeypointNet", config_lib.ANCHOR_METHOD, "supervised baseline"]
+  order = ["KeypointNet", config_lib.ANCHOR_METHOD, "supervised baseline", "supervised baseline with pretrained O-Net",
+           "KeypointNet with pretrained O-Net"]
   return (order.index(name) if name in order else len(order), name)
 
 

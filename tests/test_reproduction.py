@@ -7,11 +7,13 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 from PIL import Image
 import pytest
 
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import reproduction
+from keypointnet_tf import runs as runs_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,8 +88,15 @@ def test_categories_of_data_sets():
 def test_method_configs_share_one_budget(tmp_path, tiny_planes):
   data_dir, name = tiny_planes
   configs = reproduction.method_configs(_tiny_base(data_dir, name), str(tmp_path))
-  assert list(configs) == ["KeypointNet", "KeypointNet + axis-anchor warm-up", "supervised baseline"]
-  label_free, anchored, supervised = configs.values()
+  assert list(configs) == ["KeypointNet", "KeypointNet + axis-anchor warm-up", "supervised baseline",
+                           "supervised baseline with pretrained O-Net", "KeypointNet with pretrained O-Net"]
+  label_free, anchored, supervised, supervised_onet, label_free_onet = configs.values()
+  # Rows b and c: rows a and d with the KeypointNet run's orientation network frozen, nothing else changed.
+  onet = os.path.join(str(tmp_path), "keypointnet")
+  assert supervised_onet == dataclasses.replace(supervised, orientation_from=onet,
+                                                model_dir=supervised_onet.model_dir)
+  assert label_free_onet == dataclasses.replace(label_free, orientation_from=onet,
+                                                model_dir=label_free_onet.model_dir)
   assert label_free.loss.weights.anchor == 0 and anchored.loss.weights.anchor == 1.0
   assert anchored.anchor_steps == 1  # half of the 3 steps
   assert {c.steps for c in configs.values()} == {3} and {c.batch_size for c in configs.values()} == {2}
@@ -172,6 +181,17 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert any("supervised baseline: dropped the stored result of another budget" in m for m in messages)
   with pytest.raises(ValueError, match="Unknown method"):
     reproduction.reproduce(longer, output, runs, methods=["keypointnet", "fancy"])
+  with pytest.raises(ValueError, match="add keypointnet to the methods"):
+    reproduction.reproduce(longer, output, str(tmp_path / "runs5"), methods=["keypointnet_onet"])
+  # Row c after row d: the frozen orientation network is the KeypointNet run's, weight for weight.
+  onet_rows = reproduction.reproduce(longer, output, str(tmp_path / "runs4"), log=messages.append,
+                                     methods=["keypointnet_onet"])
+  assert set(onet_rows["runs"]) == {"KeypointNet", "KeypointNet with pretrained O-Net"}
+  source, _ = runs_lib.load_trained_model(str(tmp_path / "runs4" / "planes" / "keypointnet"))
+  frozen, _ = runs_lib.load_trained_model(str(tmp_path / "runs4" / "planes" / "keypointnet_onet"))
+  for a, b in zip(source.orientation_backbone.weights + source.orientation_head.weights,
+                  frozen.orientation_backbone.weights + frozen.orientation_head.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_command_line_rejects_unknown_ablations():

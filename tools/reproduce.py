@@ -40,9 +40,10 @@ _PRESET = flags.DEFINE_enum("preset", "auto", list(config_lib.PRESETS),
                             "baseline.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps of every run (default: the preset's).")
 _ABLATIONS = flags.DEFINE_list("ablations", [], "Ablations to train and evaluate with the same budget.")
-_METHODS = flags.DEFINE_list("methods", list(reproduction.METHOD_FOLDERS),
-                             "Which methods to train now (keypointnet, keypointnet_anchor, supervised); stored "
-                             "results of the others are kept when they have the same budget.")
+_METHODS = flags.DEFINE_list("methods", list(reproduction.DEFAULT_METHODS),
+                             f"Which methods to train now ({', '.join(reproduction.METHOD_FOLDERS)}; the last two "
+                             "are the paper's rows b and c, with the keypointnet run's orientation network frozen); "
+                             "stored results of the others are kept when they have the same budget.")
 _MAX_PAIRS = flags.DEFINE_integer("max_pairs", None, "Evaluate at most this many test pairs (default: all).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data directory (default ~/tensorflow_datasets).")
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/reproduce", "Where the training runs go.")
