@@ -15,6 +15,7 @@ Build (see README.md):
 
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 import time
@@ -206,6 +207,26 @@ def _find_shapenet_models(manual_dir, synset_id):
   return {}, None
 
 
+def _check_config(config):
+  """Raises ValueError for field values no source can build (before anything is rendered or written)."""
+  if config.lighting not in ("directional", "hemisphere"):
+    raise ValueError(f"shapenet_pairs/{config.name}: lighting must be directional or hemisphere. Received: "
+                     f"{config.lighting!r}")
+  if config.appearance not in ("plain", "random"):
+    raise ValueError(f"shapenet_pairs/{config.name}: appearance must be plain or random. Received: "
+                     f"{config.appearance!r}")
+  if config.appearance == "random" and config.lighting != "directional":
+    raise ValueError(f"shapenet_pairs/{config.name}: appearance=random draws a directional light per view; "
+                     f"set lighting to directional (it is {config.lighting!r}).")
+  if config.deformation != "none" and (config.deformation not in procedural.DEFORMATIONS or config.mesh_dir):
+    raise ValueError(f"shapenet_pairs/{config.name}: deformation must be none or one of "
+                     f"{procedural.DEFORMATIONS}, for the procedural collection. Received: {config.deformation!r}"
+                     + (" with mesh_dir" if config.mesh_dir else ""))
+  if config.generator not in procedural.GENERATORS:
+    raise ValueError(f"shapenet_pairs/{config.name}: generator must be one of {procedural.GENERATORS}. "
+                     f"Received: {config.generator!r}")
+
+
 # The KeypointNet dataset's (You et al., CVPR 2020) annotation file names per category.
 ANNOTATION_NAMES = {"cars": "car", "planes": "airplane", "chairs": "chair"}
 
@@ -242,7 +263,6 @@ def load_annotations(path, synset_id):
   """
   if path is None:
     return {}
-  import json  # pylint: disable=g-import-not-at-top
   try:
     records = json.loads(pathlib.Path(path).read_text())
     if not isinstance(records, list):
@@ -311,22 +331,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
-    if config.lighting not in ("directional", "hemisphere"):
-      raise ValueError(f"shapenet_pairs/{config.name}: lighting must be directional or hemisphere. Received: "
-                       f"{config.lighting!r}")
-    if config.appearance not in ("plain", "random"):
-      raise ValueError(f"shapenet_pairs/{config.name}: appearance must be plain or random. Received: "
-                       f"{config.appearance!r}")
-    if config.appearance == "random" and config.lighting != "directional":
-      raise ValueError(f"shapenet_pairs/{config.name}: appearance=random draws a directional light per view; "
-                       f"set lighting to directional (it is {config.lighting!r}).")
-    if config.deformation != "none" and (config.deformation not in procedural.DEFORMATIONS or config.mesh_dir):
-      raise ValueError(f"shapenet_pairs/{config.name}: deformation must be none or one of "
-                       f"{procedural.DEFORMATIONS}, for the procedural collection. Received: {config.deformation!r}"
-                       + (" with mesh_dir" if config.mesh_dir else ""))
-    if config.generator not in procedural.GENERATORS:
-      raise ValueError(f"shapenet_pairs/{config.name}: generator must be one of {procedural.GENERATORS}. "
-                       f"Received: {config.generator!r}")
+    _check_config(config)
     try:
       manual_dir = dl_manager.manual_dir
     except (AssertionError, ValueError):
