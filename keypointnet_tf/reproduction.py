@@ -230,7 +230,7 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
   earlier_entry = stored.get(category, {})
   pictures = dict(earlier_entry.get("pictures", {}))  # pictures of runs not on this machine stay as they were
   for name, config in configs.items():
-    if not name.startswith("ablation") and tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")):
+    if tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")):  # ablations too (the N sweep's Fig. 9)
       pictures[name] = f"{category}_{os.path.basename(config.model_dir)}.png"
       _pictures([config.model_dir], training.resolve(base_config), os.path.join(output_dir, pictures[name]))
   # Runs stored earlier and not repeated now (e.g. ablations of a previous invocation) are kept, with any notes,

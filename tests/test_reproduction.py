@@ -135,7 +135,7 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert entry["runs"]["ablation: keypoints_3"]["config"]["model"]["num_keypoints"] == 3
   with open(os.path.join(output, reproduction.RESULTS_FILE)) as f:
     assert json.load(f)["planes"]["runs"]["KeypointNet"]["mean"] == entry["runs"]["KeypointNet"]["mean"]
-  assert set(entry["pictures"]) == {"KeypointNet", anchored, "supervised baseline"}
+  assert set(entry["pictures"]) == {"KeypointNet", anchored, "supervised baseline", "ablation: keypoints_3"}
   for file in entry["pictures"].values():
     with Image.open(os.path.join(output, file)) as picture:
       assert picture.size == (4 * 128, 2 * 128)  # 4 pairs: view 0 above view 1, 128 px views
@@ -151,6 +151,7 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert "| KeypointNet (procedural, budget below) |" in ours_section and "procedural" in text
   assert f"![planes, {anchored}](out/planes_keypointnet_anchor.png)" in text
   assert "![planes, KeypointNet](out/planes_keypointnet.png)" in text
+  assert "![planes, ablation: keypoints_3](out/planes_ablation_keypoints_3.png)" in text  # the N sweep's pictures
   assert "| planes | keypoints_3 | N = 3 keypoints on KeypointNet |" in text
 
   # Running it again evaluates the finished runs without training them again.
