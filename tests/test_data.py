@@ -517,13 +517,14 @@ def test_user_meshes_build_train_and_evaluate_without_a_category(tmp_path):
     assert np.any(randomised[key]["img0"][..., :3][example["img0"][..., 3] == 0] > 0)
   other, _ = evaluation.evaluate_run(str(tmp_path / "run"), "test", dataset_config="arrows_random")
   assert other["pairs"] == 4 and other["errors"].tolist() != row["errors"].tolist()
-  # The reproduction trains KeypointNet and the anchored variant on it; there is nothing for a supervised baseline.
+  # The reproduction trains KeypointNet, the anchored variant and row c on it; there is nothing for a supervised
+  # baseline (rows a and b).
   from keypointnet_tf import config as config_lib  # pylint: disable=g-import-not-at-top
   from keypointnet_tf import reproduction  # pylint: disable=g-import-not-at-top
   base = dataclasses.replace(config_lib.cpu_preset("arrows"), data_dir=str(data_dir))
   assert base.dataset_config == "arrows"
   assert list(reproduction.method_configs(base, str(tmp_path / "reproduce"))) == [
-      "KeypointNet", "KeypointNet + axis-anchor warm-up"]
+      "KeypointNet", "KeypointNet + axis-anchor warm-up", "KeypointNet with pretrained O-Net"]
 
 
 def test_user_mesh_dir_errors_are_clear(tmp_path):
