@@ -182,7 +182,8 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     ablations: names from ABLATIONS.
     max_pairs: evaluate at most this many test pairs (None: all).
     log: callable for progress messages.
-    command: str, the command line that runs this (stored with the category's results for the report).
+    command: str, the command line that runs this (stored with each run it trains and with the category's results,
+      for the report).
     build_data: optional callable that builds the category's data when it is missing (runs.dataset_source).
     methods: which methods to train now, by run folder (METHOD_FOLDERS); the others keep their stored
       results when those have this budget. Stored results of another budget (data, steps, pairs per step, size)
@@ -221,9 +222,10 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
       results[name] = stored
       continue
     log(f"[{category}] {name}: training {config.steps} steps in {config.model_dir}")
-    results[name] = _train_and_evaluate(config, max_pairs)
-    if results[name]["train_seconds"] is None:
-      results[name]["train_seconds"] = (stored or {}).get("train_seconds")
+    results[name] = {**_train_and_evaluate(config, max_pairs), "command": command}
+    if results[name]["train_seconds"] is None:  # trained earlier, only evaluated now: keep how it was trained
+      for key in ("train_seconds", "command"):
+        results[name][key] = (stored or {}).get(key) or results[name][key]
     log(f"[{category}] {name}: mean {results[name]['mean']:.1f}, median {results[name]['median']:.1f} deg")
   os.makedirs(output_dir, exist_ok=True)
   stored = load_results(output_dir)
@@ -319,7 +321,9 @@ def write_report(output_dir, path, command):
       "Produced by:",
       "",
       "```bash",
-      *dict.fromkeys([entry.get("command") or command for entry in stored.values()]),
+      # Every command behind a stored run (a run keeps the command that trained it; older ones, their category's).
+      *dict.fromkeys(run.get("command") or entry.get("command") or command
+                     for entry in stored.values() for run in entry["runs"].values()),
       "```",
       "",
       "## Ours (procedural data, the budget of each row below)",

@@ -176,7 +176,8 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   # One method at a new budget: the stored rows of the old budget go, so a category's rows share one budget.
   messages = []
   longer = dataclasses.replace(_tiny_base(data_dir, name), steps=4)
-  fresh = reproduction.reproduce(longer, output, str(tmp_path / "runs4"), log=messages.append, methods=["keypointnet"])
+  fresh = reproduction.reproduce(longer, output, str(tmp_path / "runs4"), log=messages.append, methods=["keypointnet"],
+                                 command="python tools/reproduce.py --methods=keypointnet")
   assert list(fresh["runs"]) == ["KeypointNet"] and fresh["runs"]["KeypointNet"]["steps"] == 4
   assert list(fresh["pictures"]) == ["KeypointNet"]
   assert any("supervised baseline: dropped the stored result of another budget" in m for m in messages)
@@ -186,13 +187,20 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
     reproduction.reproduce(longer, output, str(tmp_path / "runs5"), methods=["keypointnet_onet"])
   # Row c after row d: the frozen orientation network is the KeypointNet run's, weight for weight.
   onet_rows = reproduction.reproduce(longer, output, str(tmp_path / "runs4"), log=messages.append,
-                                     methods=["keypointnet_onet"])
+                                     methods=["keypointnet_onet"],
+                                     command="python tools/reproduce.py --methods=keypointnet_onet")
   assert set(onet_rows["runs"]) == {"KeypointNet", "KeypointNet with pretrained O-Net"}
   source, _ = runs_lib.load_trained_model(str(tmp_path / "runs4" / "planes" / "keypointnet"))
   frozen, _ = runs_lib.load_trained_model(str(tmp_path / "runs4" / "planes" / "keypointnet_onet"))
   for a, b in zip(source.orientation_backbone.weights + source.orientation_head.weights,
                   frozen.orientation_backbone.weights + frozen.orientation_head.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+  # Each run keeps the command that trained it, so the report lists both invocations, not only the last one.
+  assert onet_rows["runs"]["KeypointNet"]["command"] == "python tools/reproduce.py --methods=keypointnet"
+  with open(reproduction.write_report(output, str(tmp_path / "REPRODUCTION.md"), "")) as f:
+    produced_by = f.read().split("Produced by:", 1)[1].split("```", 2)[1]
+  assert produced_by.split() == ["bash"] + "python tools/reproduce.py --methods=keypointnet".split() + \
+      "python tools/reproduce.py --methods=keypointnet_onet".split()
 
 
 def test_command_line_rejects_unknown_ablations():
