@@ -42,8 +42,10 @@ BEGIN, END = "<!-- trial rows: bench/trial_table.py -->", "<!-- end of trial row
 
 
 def main(argv):
-  if len(argv) not in (2, 3):
+  if len(argv) not in (2, 3) or argv[1] in ("-h", "--help", "-help"):
     sys.exit(__doc__)
+  if not os.path.isfile(argv[1]):
+    sys.exit(f"No trial log at {argv[1]}: give the JSON-lines file bench/cpu_trial.py --results wrote.")
   with open(argv[1]) as f:
     records = [json.loads(line) for line in f if line.strip()]
   table = "\n".join(rows(records))
