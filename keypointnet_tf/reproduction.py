@@ -346,12 +346,19 @@ def write_report(output_dir, path, command):
                    for method, run in entry["runs"].items() if method.startswith("ablation")]
   if ablation_rows:
     lines += ["## Ablations (of the preset's unsupervised configuration)", "",
-              "| category | variant | change | mean | median | 3D-SE | < 30 deg |", "|---|---|---|---|---|---|---|"]
+              "Each category's KeypointNet row (the configuration every ablation changes one thing of) comes first.",
+              "", "| category | variant | change | mean | median | 3D-SE | < 30 deg | DAS | keypoints near a part |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    reference = {category: stored[category]["runs"].get("KeypointNet") for category, _, _ in ablation_rows}
+    rows = [(category, "none", "the KeypointNet row above", run) for category, run in reference.items() if run]
     for category, method, run in ablation_rows:
       name = method.split(": ", 1)[1]
       base = config_lib.method_name(runs.config_from_dict(run["config"]))
-      lines.append(f"| {category} | {name} | {ABLATION_DESCRIPTIONS.get(name, name)} on {base} | {run['mean']:.1f} | "
-                   f"{run['median']:.1f} | {run['3d_se']:.3f} | {run['under_30']:.1%} |")
+      rows.append((category, name, f"{ABLATION_DESCRIPTIONS.get(name, name)} on {base}", run))
+    for category, name, change, run in sorted(rows, key=lambda row: row[0]):  # stable: the reference first
+      lines.append(f"| {category} | {name} | {change} | {run['mean']:.1f} | {run['median']:.1f} | "
+                   f"{run['3d_se']:.3f} | {run['under_30']:.1%} | {run.get('das', float('nan')):.3f} | "
+                   f"{run.get('near_part', float('nan')):.1%} |")
     lines.append("")
   lines += ["## Pictures", "",
             "Eight test pairs per picture (view 0 above view 1), one colour per keypoint index.", ""]

@@ -153,6 +153,9 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert "![planes, KeypointNet](out/planes_keypointnet.png)" in text
   assert "![planes, ablation: keypoints_3](out/planes_ablation_keypoints_3.png)" in text  # the N sweep's pictures
   assert "| planes | keypoints_3 | N = 3 keypoints on KeypointNet |" in text
+  ablations = text.split("## Ablations", 1)[1]
+  assert ablations.index("| planes | none | the KeypointNet row above | "
+                         f"{ours['mean']:.1f} | {ours['median']:.1f} |") < ablations.index("| planes | keypoints_3 |")
 
   # Running it again evaluates the finished runs without training them again.
   checkpoint_file = os.path.join(runs, "planes", "keypointnet", "checkpoints", "checkpoint")
