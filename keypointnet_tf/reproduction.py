@@ -342,8 +342,13 @@ def write_report(output_dir, path, command):
       lines.append(f"- {category}: {note}")
   lines += ["", "## The paper (Table 1: ShapeNet, 128 px, 64 filters, 200,000 steps x 256 pairs = 51M pairs)", "",
             evaluation.paper_table()]
-  ablation_rows = [(category, method, run) for category, entry in stored.items()
-                   for method, run in entry["runs"].items() if method.startswith("ablation")]
+  ablation_rows, sweep_rows = [], []
+  for category, entry in stored.items():
+    for method, run in entry["runs"].items():
+      if method.startswith("ablation: keypoints_"):
+        sweep_rows.append((category, run["config"]["model"]["num_keypoints"], "ablation", run))
+      elif method.startswith("ablation"):
+        ablation_rows.append((category, method, run))
   if ablation_rows:
     lines += ["## Ablations (of the preset's unsupervised configuration)", "",
               "Each category's KeypointNet row (the configuration every ablation changes one thing of) comes first.",
@@ -360,6 +365,28 @@ def write_report(output_dir, path, command):
                    f"{run['3d_se']:.3f} | {run['under_30']:.1%} | {run.get('das', float('nan')):.3f} | "
                    f"{run.get('near_part', float('nan')):.1%} |")
     lines.append("")
+  if sweep_rows:
+    lines += ["## Number of keypoints (the paper's Fig. 9 sweep, of the KeypointNet row)", "",
+              "The KeypointNet row itself is the sweep's N = 10; each other N changes only the number of keypoints "
+              "(variant: `--ablations=keypoints_N`). Pictures below.", "",
+              "| category | N | run | mean | median | 3D-SE | < 30 deg | DAS | keypoints near a part |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for category in dict.fromkeys(category for category, _, _, _ in sweep_rows):
+      reference = stored[category]["runs"].get("KeypointNet")
+      if reference:
+        sweep_rows.append((category, reference["config"]["model"]["num_keypoints"], "KeypointNet row", reference))
+    for category, n, source, run in sorted(sweep_rows, key=lambda row: (row[0], row[1], row[2] != "KeypointNet row")):
+      lines.append(f"| {category} | {n} | {source} | {run['mean']:.1f} | {run['median']:.1f} | {run['3d_se']:.3f} | "
+                   f"{run['under_30']:.1%} | {run.get('das', float('nan')):.3f} | "
+                   f"{run.get('near_part', float('nan')):.1%} |")
+    lines.append("")
+  deformation = os.path.join(output_dir, "deformation", "README.md")
+  if os.path.exists(deformation):  # written by hand from tools/evaluate.py's outputs; shown here whole
+    with open(deformation) as f:
+      text = f.read()
+    body = text.split("\n", 1)[1] if text.startswith("# ") else text
+    lines += ["## Deformation test (the paper's Fig. 8, with numbers)", "",
+              f"From [{relative}/deformation/README.md]({relative}/deformation/README.md):", "", body.strip(), ""]
   lines += ["## Pictures", "",
             "Eight test pairs per picture (view 0 above view 1), one colour per keypoint index.", ""]
   for category, entry in stored.items():

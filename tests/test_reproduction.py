@@ -118,10 +118,11 @@ def _tiny_base(data_dir, name):
 def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_path):
   data_dir, name = tiny_planes
   output, runs = str(tmp_path / "out"), str(tmp_path / "runs")
-  entry = reproduction.reproduce(_tiny_base(data_dir, name), output, runs, ablations=["keypoints_3"],
+  entry = reproduction.reproduce(_tiny_base(data_dir, name), output, runs, ablations=["keypoints_3", "no_pose"],
                                  log=lambda _: None)
   anchored = "KeypointNet + axis-anchor warm-up"
-  assert set(entry["runs"]) == {"KeypointNet", anchored, "supervised baseline", "ablation: keypoints_3"}
+  assert set(entry["runs"]) == {"KeypointNet", anchored, "supervised baseline", "ablation: keypoints_3",
+                               "ablation: no_pose"}
   for method, run in entry["runs"].items():
     assert run["steps"] == 3 and run["pairs"] == 4  # 2 test models x 2 pairs
     assert 0.0 <= run["median"] <= 180.0 and run["3d_se"] >= 0.0
@@ -135,11 +136,15 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert entry["runs"]["ablation: keypoints_3"]["config"]["model"]["num_keypoints"] == 3
   with open(os.path.join(output, reproduction.RESULTS_FILE)) as f:
     assert json.load(f)["planes"]["runs"]["KeypointNet"]["mean"] == entry["runs"]["KeypointNet"]["mean"]
-  assert set(entry["pictures"]) == {"KeypointNet", anchored, "supervised baseline", "ablation: keypoints_3"}
+  assert set(entry["pictures"]) == {"KeypointNet", anchored, "supervised baseline", "ablation: keypoints_3",
+                                   "ablation: no_pose"}
   for file in entry["pictures"].values():
     with Image.open(os.path.join(output, file)) as picture:
       assert picture.size == (4 * 128, 2 * 128)  # 4 pairs: view 0 above view 1, 128 px views
 
+  os.makedirs(os.path.join(output, "deformation"))
+  with open(os.path.join(output, "deformation", "README.md"), "w") as f:
+    f.write("# Deformation test\n\n| planes | bend | 33.7 |\n")
   report = reproduction.write_report(output, str(tmp_path / "REPRODUCTION.md"), "python tools/reproduce.py ...")
   with open(report) as f:
     text = f.read()
@@ -152,10 +157,18 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   assert f"![planes, {anchored}](out/planes_keypointnet_anchor.png)" in text
   assert "![planes, KeypointNet](out/planes_keypointnet.png)" in text
   assert "![planes, ablation: keypoints_3](out/planes_ablation_keypoints_3.png)" in text  # the N sweep's pictures
-  assert "| planes | keypoints_3 | N = 3 keypoints on KeypointNet |" in text
-  ablations = text.split("## Ablations", 1)[1]
+  # The N sweep has its own table, ordered by N, with the KeypointNet row as its N = 4 (this test's N).
+  ablations = text.split("## Ablations", 1)[1].split("\n## ", 1)[0]
   assert ablations.index("| planes | none | the KeypointNet row above | "
-                         f"{ours['mean']:.1f} | {ours['median']:.1f} |") < ablations.index("| planes | keypoints_3 |")
+                         f"{ours['mean']:.1f} | {ours['median']:.1f} |") < ablations.index("| planes | no_pose |")
+  assert "keypoints_3" not in ablations  # it belongs to the sweep
+  sweep = text.split("## Number of keypoints", 1)[1].split("\n## ", 1)[0]
+  three = entry["runs"]["ablation: keypoints_3"]
+  assert sweep.index(f"| planes | 3 | ablation | {three['mean']:.1f} | {three['median']:.1f} |") < \
+      sweep.index(f"| planes | 4 | KeypointNet row | {ours['mean']:.1f} | {ours['median']:.1f} |")
+  # The deformation test's write-up is part of the report, without its own title.
+  deformation = text.split("## Deformation test", 1)[1].split("\n## ", 1)[0]
+  assert "| planes | bend | 33.7 |" in deformation and "# Deformation test" not in deformation
 
   # Running it again evaluates the finished runs without training them again.
   checkpoint_file = os.path.join(runs, "planes", "keypointnet", "checkpoints", "checkpoint")
