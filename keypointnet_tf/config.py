@@ -52,6 +52,10 @@ class LossConfig:
   # to the keypoints' mean depth) instead of in camera space, where the depth head can satisfy it by spreading
   # keypoints along the viewing ray (reproduction/trials.md).
   separation_in_image: bool = False
+  # Not in the paper (0 there): the silhouette and variance weights rise linearly from 0 at step 0 to their full
+  # value at this step, so the pose and consistency losses act alone at first (reproduction/trials.md, the
+  # silhouette warm-up trials). 0: full weights from the start.
+  silhouette_warmup_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

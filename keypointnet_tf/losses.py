@@ -206,7 +206,8 @@ def image_plane_points(uv, z, focal):
   return geometry.unproject(tf.concat([uv, tf.broadcast_to(depth, tf.shape(z))[..., tf.newaxis]], -1), focal)
 
 
-def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), generator=None, anchor_scale=1.0):
+def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), generator=None, anchor_scale=1.0,
+               silhouette_scale=1.0):
   """All six terms, summed over both views where per-view, and their weighted total.
 
   Args:
@@ -217,6 +218,7 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     loss_config: config.LossConfig. Weights, separation delta and pose noise.
     generator: tf.random.Generator, needed when loss_config.pose_noise_stddev > 0.
     anchor_scale: float or [] tensor. Factor on the anchor weight (its decay schedule).
+    silhouette_scale: float or [] tensor. Factor on the silhouette and variance weights (their warm-up).
   Returns:
     dict of [] float32: "total", the six weighted terms' raw values "pose", "consistency", "separation",
     "silhouette", "orientation", "variance", plus "chordal" (logged only) and, when the anchor weight is not
@@ -247,7 +249,8 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     terms["triangulation"] = triangulation_loss(outputs0["uv"], outputs1["uv"], batch["mv0"], batch["mvi0"],
                                                 batch["mv1"], batch["mvi1"], focal)
   terms = {name: tf.cast(value, tf.float32) for name, value in terms.items()}
-  scales = {"anchor": tf.cast(anchor_scale, tf.float32)}
+  silhouette_scale = tf.cast(silhouette_scale, tf.float32)
+  scales = {"anchor": tf.cast(anchor_scale, tf.float32), "silhouette": silhouette_scale, "variance": silhouette_scale}
   terms["total"] = tf.add_n([getattr(weights, name) * scales.get(name, 1.0) * value
                              for name, value in terms.items()])
   terms["chordal"] = tf.cast(pose["chordal"], tf.float32)

@@ -70,6 +70,14 @@ def anchor_scale(step, anchor_steps):
   return tf.clip_by_value(1.0 - tf.cast(step, tf.float32) / float(max(anchor_steps, 1)), 0.0, 1.0)
 
 
+def silhouette_scale(step, warmup_steps):
+  """Factor on the silhouette and variance weights at `step`: rising linearly from 0 at step 0 to 1 at
+  `warmup_steps`, then 1; always 1 when `warmup_steps` is 0 (the paper)."""
+  if not warmup_steps:
+    return tf.ones([])
+  return tf.clip_by_value(tf.cast(step, tf.float32) / float(warmup_steps), 0.0, 1.0)
+
+
 def resolve(config):
   """Fills in derived defaults (model_dir, dataset_config) and validates the config."""
   config_lib.check_category(config.category)
@@ -78,6 +86,9 @@ def resolve(config):
       raise ValueError(f"{name} must be positive. Received: {name}={getattr(config, name)}")
   if not config.learning_rate > 0:
     raise ValueError(f"learning_rate must be positive. Received: learning_rate={config.learning_rate}")
+  if config.loss.silhouette_warmup_steps < 0:
+    raise ValueError("silhouette_warmup_steps must be 0 (no warm-up) or positive. Received: "
+                     f"silhouette_warmup_steps={config.loss.silhouette_warmup_steps}")
   if config.loss.weights.anchor and not config.supervised:
     if config.anchor_steps < 1:
       raise ValueError("The anchor loss (anchor weight > 0) needs anchor_steps >= 1, the step where its weight "
@@ -134,7 +145,7 @@ def compute_losses(net, batch, config, generator, mix, training=True, step=0):
     generator: tf.random.Generator for the pose noise.
     mix: [] float32 orientation flag mix (1: ground truth, 0: predicted).
     training: batch-norm mode.
-    step: int or [] tensor, the global step (for the anchor loss's decay).
+    step: int or [] tensor, the global step (for the anchor decay and the silhouette warm-up).
   """
   flag_weight = tf.ones([]) if config.supervised else mix
   outputs = [net(batch["image" + v], batch["orientation_flag" + v], flag_weight, training=training)
@@ -151,7 +162,8 @@ def compute_losses(net, batch, config, generator, mix, training=True, step=0):
     terms["total"] = terms["supervised"] + config.loss.weights.orientation * terms["orientation"]
   else:
     terms = losses.total_loss(outputs[0], outputs[1], batch, config.loss, generator,
-                              anchor_scale=anchor_scale(step, config.anchor_steps))
+                              anchor_scale=anchor_scale(step, config.anchor_steps),
+                              silhouette_scale=silhouette_scale(step, config.loss.silhouette_warmup_steps))
   # Logged only: the noise-free angular error of this batch, in degrees, and orientation-flag accuracy.
   estimate = geometry.estimate_rotation(xyz[0], xyz[1])
   terms["angular_error_deg"] = losses.angle_degrees(tf.reduce_mean(

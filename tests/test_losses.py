@@ -235,6 +235,15 @@ def test_total_loss_weights_and_keys():
     np.testing.assert_allclose(with_anchor["total"].numpy(), terms["total"].numpy() + 2.0 * scale * expected_anchor,
                                rtol=1e-5)
 
+  # The silhouette warm-up (not in the paper) scales the silhouette and variance weights only; the raw terms stay.
+  for scale in (0.0, 0.4):
+    warming = losses.total_loss(out0, out1, batch, loss_config, silhouette_scale=scale)
+    np.testing.assert_allclose(warming["silhouette"].numpy(), terms["silhouette"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        warming["total"].numpy(),
+        terms["total"].numpy() - (1.0 - scale) * (w.silhouette * terms["silhouette"].numpy() +
+                                                  w.variance * terms["variance"].numpy()), rtol=1e-5)
+
 
 def _numpy_triangulation_loss(uv0, uv1, mv0, mv1):
   """Midpoint triangulation by least squares in object space, then reprojection error (loops, float64)."""

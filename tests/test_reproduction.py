@@ -53,6 +53,8 @@ def test_method_names_never_call_a_variant_keypointnet():
       separation_delta=0.2, weights=config_lib.LossWeights(pose=1.0)), orientation_from="runs/x")
   assert config_lib.method_name(variant) == ("KeypointNet (variant: pose 1, separation_delta 0.2) "
                                              "with pretrained O-Net")
+  warm_up = dataclasses.replace(label_free, loss=config_lib.LossConfig(silhouette_warmup_steps=4000))
+  assert config_lib.method_name(warm_up) == "KeypointNet (variant: silhouette_warmup_steps 4000)"
 
 
 def test_presets_by_name():

@@ -274,6 +274,16 @@ def test_anchor_schedule_and_validation():
   assert config_lib.TrainConfig().loss.weights.anchor == 0.0  # the paper's recipe has no anchor
 
 
+def test_silhouette_warmup_schedule_and_validation():
+  assert [float(training.silhouette_scale(s, 1000)) for s in (0, 250, 1000, 5000)] == [0.0, 0.25, 1.0, 1.0]
+  assert [float(training.silhouette_scale(s, 0)) for s in (0, 5000)] == [1.0, 1.0]  # the paper: no warm-up
+  negative = dataclasses.replace(config_lib.cpu_preset("planes"),
+                                 loss=config_lib.LossConfig(silhouette_warmup_steps=-1))
+  with pytest.raises(ValueError, match="silhouette_warmup_steps must be 0"):
+    training.resolve(negative)
+  assert config_lib.TrainConfig().loss.silhouette_warmup_steps == 0
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Multi-worker training: two processes on loopback ports.
 # ------------------------------------------------------------------------------------------------------------
