@@ -212,10 +212,19 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     configs[f"ablation: {name}"] = dataclasses.replace(ABLATIONS[name](base_config),
                                                        model_dir=os.path.join(root, f"ablation_{name}"))
   earlier = load_results(output_dir).get(category, {}).get("runs", {})
+  # Rows b and c load the KeypointNet run's orientation network: a stored KeypointNet result whose run is not on
+  # this machine cannot give it, so that run is trained again.
+  needs_onet_run = (bool({"supervised_onet", "keypointnet_onet"} & set(methods))
+                    and tf.train.latest_checkpoint(onet) is None)
   results = {}
   for name, config in configs.items():
     stored = earlier.get(name)
     has_run = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")) is not None
+    if needs_onet_run and os.path.basename(config.model_dir) == "keypointnet":
+      if stored:
+        log(f"[{category}] {name}: its stored result has no run on this machine, whose orientation network the "
+            "pretrained-O-Net rows need: training it again")
+      stored = None
     if stored and not has_run and _same_training(stored["config"], runs.config_to_dict(training.resolve(config))):
       log(f"[{category}] {name}: kept the stored result (same configuration, trained on {stored.get('date', '?')}, "
           f"{stored.get('machine', '?')}; delete it from {output_dir}/{RESULTS_FILE} to train again)")

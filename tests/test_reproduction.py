@@ -219,6 +219,13 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
     produced_by = f.read().split("Produced by:", 1)[1].split("```", 2)[1]
   assert produced_by.split() == ["bash"] + "python tools/reproduce.py --methods=keypointnet".split() + \
       "python tools/reproduce.py --methods=keypointnet_onet".split()
+  # Rows b and c on a machine without the KeypointNet run (its result is stored): it is trained again, not kept.
+  messages = []
+  again = reproduction.reproduce(longer, output, str(tmp_path / "runs5"), log=messages.append,
+                                 methods=["keypointnet", "keypointnet_onet"])
+  assert any("KeypointNet: its stored result has no run on this machine" in m for m in messages)
+  assert os.path.exists(tmp_path / "runs5" / "planes" / "keypointnet" / "checkpoints" / "checkpoint")
+  assert again["runs"]["KeypointNet with pretrained O-Net"]["steps"] == 4
 
 
 def test_command_line_rejects_unknown_ablations():
