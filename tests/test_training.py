@@ -262,6 +262,17 @@ def test_anchor_weight_on_the_label_free_preset_gets_a_decay_step(tiny_planes, t
     assert json.load(f)["anchor_steps"] == 2
 
 
+def test_silhouette_warmup_flag_trains_a_named_variant(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  command = _train_command(data_dir, name, str(tmp_path / "silwarm"), 2) + ["--silhouette_warmup_steps=3"]
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert "Training KeypointNet (variant: silhouette_warmup_steps 3) on planes" in proc.stdout
+  with open(tmp_path / "silwarm" / "config.json") as f:
+    assert json.load(f)["loss"]["silhouette_warmup_steps"] == 3
+
+
 def test_anchor_schedule_and_validation():
   assert [float(training.anchor_scale(s, 1000)) for s in (0, 250, 500, 1000, 5000)] == [1.0, 0.75, 0.5, 0.0, 0.0]
   anchored = dataclasses.replace(config_lib.cpu_anchor_preset("planes"), anchor_steps=0)

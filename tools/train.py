@@ -45,7 +45,10 @@ _INT_FLAGS = {name: flags.DEFINE_integer(name, None, help_text) for name, help_t
     ("validate_every", "Steps between validation-split evaluations (TensorBoard, best/ checkpoint); 0: never."),
     ("validate_pairs", "Validation pairs evaluated each time."),
     ("anchor_steps", "Step at which the anchor loss weight has decayed to 0 (default with an anchor: half the "
-                     "steps).")]}
+                     "steps)."),
+    ("silhouette_warmup_steps", "Ramp the silhouette and variance weights from 0 to their values over this many "
+                                "steps (not in the paper; default 0: full weights from the start; "
+                                "reproduction/trials.md).")]}
 _FLOAT_FLAGS = {name: flags.DEFINE_float(name, None, help_text) for name, help_text in [
     ("learning_rate", "Adam learning rate."),
     ("worker_timeout_secs", "multi_worker: seconds to wait for the other workers before exiting with a message."), ("noise", "Pose-loss noise stddev (object units)."),
@@ -77,7 +80,7 @@ def _config_from_flags():
   config_lib.check_category(category)
   config, preset = config_lib.preset(_PRESET.value, category, bool(tf.config.list_physical_devices("GPU")))
   top = {name: flag.value for name, flag in {**_INT_FLAGS, **_STR_FLAGS}.items()
-         if flag.value is not None and name not in ("num_keypoints", "num_filters", "steps")}
+         if flag.value is not None and name not in ("num_keypoints", "num_filters", "steps", "silhouette_warmup_steps")}
   top.update({name: flag.value for name, flag in [("learning_rate", _FLOAT_FLAGS["learning_rate"]),
                                                    ("worker_timeout_secs", _FLOAT_FLAGS["worker_timeout_secs"]),
                                                    ("supervised", _SUPERVISED), ("strategy", _STRATEGY),
@@ -90,6 +93,8 @@ def _config_from_flags():
   loss = {key: _FLOAT_FLAGS[name].value for name, key in [("noise", "pose_noise_stddev"),
                                                           ("separation_delta", "separation_delta")]
           if _FLOAT_FLAGS[name].value is not None}
+  if _INT_FLAGS["silhouette_warmup_steps"].value is not None:
+    loss["silhouette_warmup_steps"] = _INT_FLAGS["silhouette_warmup_steps"].value
   weights = {name[:-len("_weight")]: flag.value for name, flag in _FLOAT_FLAGS.items()
              if name.endswith("_weight") and flag.value is not None}
   config = dataclasses.replace(
