@@ -193,6 +193,14 @@ def _train_command(data_dir, name, model_dir, steps):
           "--checkpoint_every=2"]
 
 
+def _run_train(command):
+  """Runs tools/train.py `command` in a subprocess; asserts it succeeded and returns the CompletedProcess."""
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  return proc
+
+
 def _wait_for_checkpoint(model_dir, minimum, process, timeout=180):
   deadline = time.time() + timeout
   while time.time() < deadline:
@@ -243,9 +251,7 @@ def test_mixed_precision_and_xla_options_train(tiny_planes, tmp_path):
   # A subprocess: the mixed-precision policy is process-global and must not leak into other tests.
   data_dir, name = tiny_planes
   command = _train_command(data_dir, name, str(tmp_path / "mp"), 2) + ["--mixed_precision", "--jit_compile"]
-  proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  proc = _run_train(command)
   assert "'status': 'done'" in proc.stdout and "'step': 2" in proc.stdout
 
 
@@ -253,9 +259,7 @@ def test_anchor_weight_on_the_label_free_preset_gets_a_decay_step(tiny_planes, t
   # The CPU preset has no anchor; --anchor_weight=1 gives it one that decays at half the run (scaled to --steps).
   data_dir, name = tiny_planes
   command = _train_command(data_dir, name, str(tmp_path / "anchored"), 4) + ["--anchor_weight=1"]
-  proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  proc = _run_train(command)
   assert "Training KeypointNet + axis-anchor warm-up on planes" in proc.stdout
   assert "until step 2:" in proc.stdout and "'status': 'done'" in proc.stdout
   with open(tmp_path / "anchored" / "config.json") as f:
@@ -265,9 +269,7 @@ def test_anchor_weight_on_the_label_free_preset_gets_a_decay_step(tiny_planes, t
 def test_silhouette_warmup_flag_trains_a_named_variant(tiny_planes, tmp_path):
   data_dir, name = tiny_planes
   command = _train_command(data_dir, name, str(tmp_path / "silwarm"), 2) + ["--silhouette_warmup_steps=3"]
-  proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  proc = _run_train(command)
   assert "Training KeypointNet (variant: silhouette_warmup_steps 3) on planes" in proc.stdout
   with open(tmp_path / "silwarm" / "config.json") as f:
     assert json.load(f)["loss"]["silhouette_warmup_steps"] == 3
