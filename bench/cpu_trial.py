@@ -13,7 +13,8 @@ here, not taken from the library's presets, so every logged command still trains
 after the presets change: cpu is the anchored CPU preset of the first sessions (planes_small, 8 pairs per step),
 cpu_label_free the same without the anchor for 20,000 steps, label_free_x10 the CPU preset since 2026-11-25
 (`config.cpu_preset`: 2,000 training objects, 32 pairs per step, 8,000 steps).
---eval_at trains to each step in turn (the run resumes between them), evaluates there and keeps a copy of that
+--eval_at trains to each step in turn (the run resumes between them; every schedule, the learning-rate decay
+included, follows the config's steps, so the legs train what one uninterrupted run trains), evaluates there and keeps a copy of that
 checkpoint in <run>/milestones/; the final step (config steps) is always evaluated. Every evaluation is appended as
 one JSON line to --results (with the trial's name, step, overrides, training seconds and the command), and printed.
 """
@@ -94,7 +95,7 @@ def main(argv):
   milestones = sorted({int(s) for s in _EVAL_AT.value if int(s) < config.steps} | {config.steps})
   for step in milestones:
     started = time.time()
-    result = training.train(dataclasses.replace(config, steps=step))
+    result = training.train(config, until=step)
     if result["status"] != "done":
       print("TRAIN", json.dumps(_rounded(result)))
       sys.exit(f"Trial {_NAME.value} stopped at step {result['step']} ({result['status']}).")

@@ -71,6 +71,9 @@ class TrainConfig:
   batch_size: int = 8  # View pairs per replica (the paper: 8 x 32 replicas).
   learning_rate: float = 1e-3  # Adam (beta1 0.9, beta2 0.999, epsilon 1e-8 as TF1).
   warmup_steps: int = 0  # Linear learning-rate warm-up (0: constant rate, as the paper).
+  # Not in the paper (0 there: a constant rate): the rate falls linearly to 0 over this last fraction of the run,
+  # from learning_rate at step (1 - lr_decay_fraction) * steps to 0 at `steps` (reproduction/trials.md).
+  lr_decay_fraction: float = 0.0
   clip_norm: float = 5.0  # Global-norm gradient clipping.
   image_size: int = 128  # Images are resized to this side before the network.
   model: ModelConfig = ModelConfig()
@@ -259,6 +262,8 @@ def method_name(config):
       value = getattr(config.loss, field.name)
       if field.name != "weights" and value != getattr(paper, field.name):
         changes.append(field.name if isinstance(value, bool) else f"{field.name} {value:g}")
+    if config.lr_decay_fraction:
+      changes.append(f"lr_decay_fraction {config.lr_decay_fraction:g}")
     if changes:
       name += f" (variant: {', '.join(changes)})"
   if config.orientation_from:

@@ -78,6 +78,37 @@ def silhouette_scale(step, warmup_steps):
   return tf.clip_by_value(tf.cast(step, tf.float32) / float(warmup_steps), 0.0, 1.0)
 
 
+def learning_rate_factor(step, warmup_steps, decay_fraction, steps):
+  """Factor on the learning rate at `step` (a float32 scalar tensor).
+
+  The warm-up rises linearly from 0.01 at step 0 to 1 at `warmup_steps` (0: none). The decay (not in the paper;
+  `decay_fraction` 0: none) falls linearly from 1 at step (1 - decay_fraction) * steps to 0 at `steps`.
+  """
+  step = tf.cast(step, tf.float32)
+  factor = tf.ones([])
+  if warmup_steps:
+    factor = 0.01 + 0.99 * tf.minimum(step / float(warmup_steps), 1.0)
+  if decay_fraction:
+    span = max(decay_fraction * steps, 1.0)
+    factor *= tf.clip_by_value((float(steps) - step) / span, 0.0, 1.0)
+  return factor
+
+
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+  """The run's learning rate by optimizer step: `learning_rate * learning_rate_factor(...)` (config.TrainConfig)."""
+
+  def __init__(self, config):
+    self.rate, self.steps = config.learning_rate, config.steps
+    self.warmup_steps, self.decay_fraction = config.warmup_steps, config.lr_decay_fraction
+
+  def __call__(self, step):
+    return self.rate * learning_rate_factor(step, self.warmup_steps, self.decay_fraction, self.steps)
+
+  def get_config(self):
+    return {"rate": self.rate, "steps": self.steps, "warmup_steps": self.warmup_steps,
+            "decay_fraction": self.decay_fraction}
+
+
 def resolve(config):
   """Fills in derived defaults (model_dir, dataset_config) and validates the config."""
   config_lib.check_category(config.category)
@@ -86,6 +117,9 @@ def resolve(config):
       raise ValueError(f"{name} must be positive. Received: {name}={getattr(config, name)}")
   if not config.learning_rate > 0:
     raise ValueError(f"learning_rate must be positive. Received: learning_rate={config.learning_rate}")
+  if not 0 <= config.lr_decay_fraction <= 1:
+    raise ValueError("lr_decay_fraction must be in [0, 1] (0: a constant rate, as the paper). Received: "
+                     f"lr_decay_fraction={config.lr_decay_fraction}")
   if config.loss.silhouette_warmup_steps < 0:
     raise ValueError("silhouette_warmup_steps must be 0 (no warm-up) or positive. Received: "
                      f"silhouette_warmup_steps={config.loss.silhouette_warmup_steps}")
@@ -483,12 +517,18 @@ class Trainer:
   def step(self):
     return int(self.step_var.numpy())
 
-  def run(self):
-    """Trains from the restored step to config.steps. Returns the dict described in `train`."""
+  def run(self, until=None):
+    """Trains from the restored step to config.steps. Returns the dict described in `train`.
+
+    Args:
+      until: optional step at which to stop early, with a checkpoint (as after Ctrl-C, but with status "done");
+        the schedules still follow config.steps, so a run trained in legs equals one trained at once.
+    """
     config = self.config
     start = self.step
-    if start >= config.steps:
-      print(f"{config.model_dir} already reached step {start} >= steps={config.steps}; nothing to do.")
+    end = config.steps if until is None else min(until, config.steps)
+    if start >= end:
+      print(f"{config.model_dir} already reached step {start} >= {end}; nothing to do.")
       return {"step": start, "status": "done"}
     global_batch = config.batch_size * self.strategy.num_replicas_in_sync
     writer = (tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) if self.chief
@@ -501,7 +541,7 @@ class Trainer:
     iterator = iter(self.dataset)
     try:
       step = start
-      while step < config.steps:
+      while step < end:
         try:
           batch = next(iterator)
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
@@ -511,9 +551,9 @@ class Trainer:
         out = self.step_fn(batch)
         step += 1
         window_steps += 1
-        log_now = step % config.log_every == 0 or step == config.steps or stop["signal"]
+        log_now = step % config.log_every == 0 or step == end or stop["signal"]
         save_now = step % config.checkpoint_every == 0 or time.time() - last_save > config.checkpoint_every_secs
-        validate_now = bool(config.validate_every) and (step % config.validate_every == 0 or step == config.steps)
+        validate_now = bool(config.validate_every) and (step % config.validate_every == 0 or step == end)
         if (log_now or save_now or validate_now) and int(self.non_finite_steps.numpy()) > 0:
           status = "non_finite"
           message = (f"Non-finite loss or gradient by step {step}: that step changed no weight or optimizer state, "
@@ -534,9 +574,8 @@ class Trainer:
               if name != "finite":
                 tf.summary.scalar(name, value)
           if progress:
-            progress.update(step, metrics, final=step == config.steps)
-        if fixed_batch is not None and self.chief and (step % config.image_summary_every == 0 or
-                                                       step == config.steps):
+            progress.update(step, metrics, final=step == end)
+        if fixed_batch is not None and self.chief and (step % config.image_summary_every == 0 or step == end):
           with writer.as_default(step=step):
             _image_summaries(self.net, fixed_batch)
         if validate_now and self.validation_dataset is not None:
@@ -689,10 +728,8 @@ def set_up(config, dataset=None, validation_dataset=None, build_data=None):
     net = model_lib.build_model(config.model, image_size=config.image_size)
     if config.orientation_from:
       _load_frozen_orientation_network(net, config.orientation_from)
-    schedule = config.learning_rate
-    if config.warmup_steps:
-      schedule = keras.optimizers.schedules.PolynomialDecay(
-          config.learning_rate * 1e-2, config.warmup_steps, config.learning_rate, power=1.0)
+    schedule = (LearningRate(config) if config.warmup_steps or config.lr_decay_fraction
+                else config.learning_rate)
     optimizer = keras.optimizers.Adam(learning_rate=schedule, epsilon=1e-8)
     optimizer.build(net.trainable_variables)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -715,15 +752,15 @@ def set_up(config, dataset=None, validation_dataset=None, build_data=None):
                  validation_dataset=validation_dataset, source=source, write_dir=own_dir, chief=chief)
 
 
-def train(config, dataset=None, validation_dataset=None, build_data=None):
-  """Trains (or resumes) a run and returns its final metrics: `set_up(...).run()`.
+def train(config, dataset=None, validation_dataset=None, build_data=None, until=None):
+  """Trains (or resumes) a run and returns its final metrics: `set_up(...).run(until)`.
 
-  Args: see set_up.
+  Args: see set_up and Trainer.run.
   Returns:
     dict: "step" (last step reached), "status" ("done", "interrupted" or "non_finite"), and the last logged
     metrics as Python floats.
   """
-  return set_up(config, dataset, validation_dataset, build_data).run()
+  return set_up(config, dataset, validation_dataset, build_data).run(until)
 
 
 def _image_summaries(net, batch, max_images=4):

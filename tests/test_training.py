@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 
 from keypointnet_tf import config as config_lib
@@ -84,6 +85,24 @@ def test_resume_restores_step_weights_optimizer_and_noise(tiny_planes, tmp_path)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(resumed.model_dir, "checkpoints")))
   assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 6
+
+
+def test_legs_with_a_learning_rate_decay_equal_one_run(tiny_planes, tmp_path):
+  # run(until=...) stops early but keeps the schedules of config.steps: 3 + 3 steps of a decaying rate land where
+  # 6 straight steps do (a leg trained with steps=3 would have decayed to 0 at step 3 instead).
+  data_dir, name = tiny_planes
+  dataset = _one_batch_dataset(data_dir, name)
+  straight = _config(tmp_path / "straight", steps=6, checkpoint_every=100, lr_decay_fraction=0.5)
+  training.train(straight, dataset)
+  legs = _config(tmp_path / "legs", steps=6, checkpoint_every=100, lr_decay_fraction=0.5)
+  assert training.train(legs, dataset, until=3)["step"] == 3
+  assert training.train(legs, dataset)["step"] == 6
+  for a, b in zip(_weights(straight.model_dir), _weights(legs.model_dir)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  short = _config(tmp_path / "short", steps=3, checkpoint_every=100, lr_decay_fraction=0.5)
+  training.train(short, dataset)
+  moved = [np.abs(a - b).max() for a, b in zip(_weights(short.model_dir), _weights(legs.model_dir))]
+  assert max(moved) > 1e-6  # the last three steps (at 2/3 and 1/3 of the rate) moved the weights
 
 
 def test_resume_with_conflicting_settings_is_refused(tiny_planes, tmp_path):
@@ -295,6 +314,23 @@ def test_silhouette_warmup_schedule_and_validation():
   with pytest.raises(ValueError, match="silhouette_warmup_steps must be 0"):
     training.resolve(negative)
   assert config_lib.TrainConfig().loss.silhouette_warmup_steps == 0
+
+
+def test_learning_rate_schedule_and_validation():
+  def factors(steps, warmup, fraction, total):
+    return [float(training.learning_rate_factor(s, warmup, fraction, total)) for s in steps]
+  # Decay over the last quarter of 8,000 steps: 1 until step 6,000, then linearly to 0 at 8,000 (by hand).
+  assert factors((0, 6000, 7000, 7500, 8000, 9000), 0, 0.25, 8000) == pytest.approx([1, 1, 0.5, 0.25, 0, 0])
+  assert factors((0, 8000), 0, 0.0, 8000) == [1.0, 1.0]  # the paper: a constant rate
+  # The warm-up is Keras's PolynomialDecay from 1% of the rate (what the project used before the decay existed).
+  reference = keras.optimizers.schedules.PolynomialDecay(1e-5, 100, 1e-3, power=1.0)
+  rate = training.LearningRate(dataclasses.replace(config_lib.TrainConfig(), warmup_steps=100, steps=1000))
+  for step in (0, 10, 50, 100, 500):
+    assert float(rate(step)) == pytest.approx(float(reference(step)), rel=1e-5)  # float32 rounding
+  with pytest.raises(ValueError, match="lr_decay_fraction must be in"):
+    training.resolve(dataclasses.replace(config_lib.cpu_preset("planes"), lr_decay_fraction=1.5))
+  decayed = dataclasses.replace(config_lib.cpu_preset("planes"), lr_decay_fraction=0.25)
+  assert config_lib.method_name(decayed) == "KeypointNet (variant: lr_decay_fraction 0.25)"
 
 
 # ------------------------------------------------------------------------------------------------------------

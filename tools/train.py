@@ -51,6 +51,8 @@ _INT_FLAGS = {name: flags.DEFINE_integer(name, None, help_text) for name, help_t
                                 "reproduction/trials.md).")]}
 _FLOAT_FLAGS = {name: flags.DEFINE_float(name, None, help_text) for name, help_text in [
     ("learning_rate", "Adam learning rate."),
+    ("lr_decay_fraction", "Decay the learning rate linearly to 0 over this last fraction of the run (not in the "
+                          "paper; default 0: constant)."),
     ("worker_timeout_secs", "multi_worker: seconds to wait for the other workers before exiting with a message."), ("noise", "Pose-loss noise stddev (object units)."),
     ("separation_delta", "Separation threshold on squared distance."),
     ("pose_weight", "Weight of the pose loss."), ("consistency_weight", "Weight of the consistency loss."),
@@ -82,6 +84,7 @@ def _config_from_flags():
   top = {name: flag.value for name, flag in {**_INT_FLAGS, **_STR_FLAGS}.items()
          if flag.value is not None and name not in ("num_keypoints", "num_filters", "steps", "silhouette_warmup_steps")}
   top.update({name: flag.value for name, flag in [("learning_rate", _FLOAT_FLAGS["learning_rate"]),
+                                                   ("lr_decay_fraction", _FLOAT_FLAGS["lr_decay_fraction"]),
                                                    ("worker_timeout_secs", _FLOAT_FLAGS["worker_timeout_secs"]),
                                                    ("supervised", _SUPERVISED), ("strategy", _STRATEGY),
                                                    ("mixed_precision", _MIXED), ("jit_compile", _JIT)]
