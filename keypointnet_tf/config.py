@@ -1,7 +1,7 @@
 """Configuration objects holding the released code's defaults.
 
-Every default here is the value used by the released TF1 code (research/keypointnet/main.py); see
-`../shared/PAPER.md` sections 2-4. The objects are frozen dataclasses: derive variants with
+Every default here is the value used by the released TF1 code (research/keypointnet/main.py); deviations are
+listed in docs/deviations.md. The objects are frozen dataclasses: derive variants with
 `dataclasses.replace`, never by mutation.
 """
 

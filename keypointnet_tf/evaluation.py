@@ -1,4 +1,4 @@
-"""Evaluation protocol (`../shared/PAPER.md` section B): angular error of the relative rotation and 3D-SE.
+"""Evaluation protocol (docs/evaluation.md): angular error of the relative rotation and 3D-SE.
 
 For every test pair: predict keypoints in both views with the *predicted* orientation flag, unproject them to
 camera space, estimate R with uniform-weight Procrustes and no noise (optionally with noise, for parity with
@@ -8,7 +8,7 @@ root-mean-square distance to its mean over all test views of the same object, an
 objects (object units; the longest side of an object is 2).
 
 Where the data carries ground-truth keypoints (the procedural data), two semantic scores are added
-(`../shared/PAPER.md` section C): the dual alignment score (DAS) and the share of predicted keypoints that lie
+(docs/evaluation.md): the dual alignment score (DAS) and the share of predicted keypoints that lie
 within `PART_RADIUS` object units of some ground-truth part.
 """
 

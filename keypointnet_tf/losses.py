@@ -1,7 +1,7 @@
 """The six KeypointNet loss terms and their weighted total, as pure functions.
 
 Shapes follow `geometry` (B batch, K keypoints, H x W image). Each term is computed per view and the views'
-values are added, as in the released code (`../shared/PAPER.md` section 3). Every normalisation uses the
+values are added, as in the released code (research/keypointnet/main.py). Every normalisation uses the
 shapes of the tensors it is given, never a configured batch size (the TF1 separation loss divided by the
 --batch_size flag; with a full batch the two agree).
 """

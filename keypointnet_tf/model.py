@@ -1,6 +1,6 @@
 """KeypointNet: the orientation network and the keypoint network as one Keras 3 model.
 
-Architecture of the released code (`../shared/PAPER.md` section 2): a 12-layer dilated 3x3 CNN at full
+Architecture of the released code (research/keypointnet/main.py): a 12-layer dilated 3x3 CNN at full
 resolution (rates 1,1,2,4,8,16,1,2,4,8,16,1; conv without bias, batch norm without scale with momentum
 0.999 and epsilon 1e-3, LeakyReLU 0.1), then 3x3 heads: K spatial-softmax heatmaps whose expectations
 give (u, v) in NDC, and a depth map with a -camera_distance bias whose heatmap-weighted mean gives z.

@@ -5,7 +5,7 @@ the GPU's EGL driver where there is one); set PYOPENGL_PLATFORM=osmesa before th
 instead (needs Debian's libosmesa6 and PyOpenGL 3.1.10; OSMesa returns RGB only, so alpha is taken from
 depth > 0).
 
-Camera: the paper's (`../shared/PAPER.md` section 1.2): a perspective camera with a 5 degree field of view
+Camera: the paper's render script's (docs/conventions.md): a perspective camera with a 5 degree field of view
 whose pose is the inverse of the stored object-to-camera matrix `mv` (conventions in keypointnet_tf.geometry;
 this module only inverts the rigid matrix). Lighting (LIGHTINGS): "directional", a directional light from above
 (+Y, the object frame's up) plus ambient on flat-shaded faces through pyrender's own shader; or "hemisphere", the

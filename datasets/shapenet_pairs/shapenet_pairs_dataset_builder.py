@@ -248,7 +248,7 @@ def _annotation_file(config, manual_dir):
 
 
 def load_annotations(path, synset_id):
-  """Human keypoints per model from a KeypointNet-dataset annotation file (`../shared/PAPER.md` section C).
+  """Human keypoints per model from a KeypointNet-dataset annotation file (docs/dataset.md, "Human keypoints on ShapeNet").
 
   Args:
     path: pathlib.Path of the JSON list of {"class_id", "model_id", "keypoints": [{"xyz", "semantic_id"}, ...]}
