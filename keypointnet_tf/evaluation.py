@@ -261,16 +261,19 @@ def paper_table():
   return "\n".join(lines) + "\n"
 
 
-def markdown_table(results, include_paper=True):
+def markdown_table(results, include_paper=True, rounded=False):
   """Our rows in the layout of the paper's Table 1, a table of error shares and semantic scores, and (apart, never
   mixed with ours) the paper's own table.
 
   Args:
     results: list of (method name, {category: summarize() row}).
     include_paper: bool. Add the paper's Table 1 as a separate table after ours.
+    rounded: bool. Degrees to one decimal, 3D-SE and DAS to two, shares of pairs to whole percent (a report's
+      reading precision; the flag accuracy keeps tenths); else three decimals and tenths of a percent.
   Returns:
     str, Markdown.
   """
+  angle, score, share = (".1f", ".2f", ".0%") if rounded else (".3f", ".3f", ".1%")
   # The paper's three categories first, then any other (a data set built from the user's meshes).
   categories = list(CATEGORIES) + sorted({c for _, by_category in results for c in by_category} - set(CATEGORIES))
   header = "| method | " + " | ".join(f"{c} mean | {c} median | {c} 3D-SE" for c in categories) + " |"
@@ -279,17 +282,18 @@ def markdown_table(results, include_paper=True):
     values = []
     for c in categories:
       row = by_category.get(c)
-      values += [None, None, None] if row is None else [row["mean"], row["median"], row["3d_se"]]
-    lines.append(f"| {name} | " + " | ".join(_fmt(v, ".3f") for v in values) + " |")
+      values += [(None, angle), (None, angle), (None, score)] if row is None else [
+          (row["mean"], angle), (row["median"], angle), (row["3d_se"], score)]
+    lines.append(f"| {name} | " + " | ".join(_fmt(v, spec) for v, spec in values) + " |")
   lines += ["", "| method | category | pairs | < 5 deg | < 10 deg | < 15 deg | < 30 deg | > 90 deg (flips) | DAS | "
             "keypoints near a part | flag accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
   for name, by_category in results:
     for c in categories:
       if c in by_category:
         r = by_category[c]
-        lines.append(f"| {name} | {c} | {r['pairs']} | {r['under_5']:.1%} | {r['under_10']:.1%} | "
-                     f"{r['under_15']:.1%} | {r['under_30']:.1%} | {r['over_90']:.1%} | {_fmt(r.get('das'), '.3f')} | "
-                     f"{_fmt(r.get('near_part'), '.1%')} | {_fmt(r.get('flag_accuracy'), '.1%')} |")
+        shares = " | ".join(format(r[k], share) for k in ("under_5", "under_10", "under_15", "under_30", "over_90"))
+        lines.append(f"| {name} | {c} | {r['pairs']} | {shares} | {_fmt(r.get('das'), score)} | "
+                     f"{_fmt(r.get('near_part'), share)} | {_fmt(r.get('flag_accuracy'), '.1%')} |")
   if include_paper:
     lines += ["", "The paper's Table 1, for reference (ShapeNet, 128 px, 64 filters, 200,000 steps x 256 pairs = 51M "
               "pairs; not comparable number for number with rows trained on other data or budgets):", "",

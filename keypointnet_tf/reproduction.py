@@ -310,45 +310,33 @@ def write_report(output_dir, path, command):
   relative = os.path.relpath(output_dir, os.path.dirname(os.path.abspath(path)) or ".")
   methods = sorted({m for entry in stored.values() for m in entry["runs"] if not m.startswith("ablation")},
                    key=_method_order)
-  main_rows = [(f"{method} (procedural, budget below)",
+  main_rows = [(f"{method} (procedural)",
                 {c: stored[c]["runs"][method] for c in stored if method in stored[c]["runs"]}) for method in methods]
   lines = [
       "# Reproduction report",
       "",
-      "Our rows are measured on the **procedural** meshes of `shapenet_pairs` (not ShapeNet), with the training "
-      "budget stated for each row below (far smaller than the paper's 200,000 steps x 256 pairs). Protocol "
-      "(`keypointnet_tf/evaluation.py`): test split, predicted orientation flag, no noise in the metric; mean and "
-      "median angular error of the relative rotation in degrees, 3D-SE in object units, the dual alignment score "
-      "(DAS, per view against the procedural ground-truth parts) and the share of keypoints within 0.25 object "
-      "units of a ground-truth part.",
+      "Our rows are measured on the **procedural** meshes of `shapenet_pairs` (not ShapeNet), at the budget listed "
+      "for each row under [Budgets and notes](#budgets-and-notes), far smaller than the paper's 200,000 steps x 256 "
+      "pairs. Protocol (docs/evaluation.md): test split, predicted orientation flag, no noise; angular error of the "
+      "relative rotation in degrees, 3D-SE in object units, the dual alignment score (DAS) and the share of "
+      "keypoints within 0.25 object units of a ground-truth part. **KeypointNet** is the paper's six losses only "
+      "(label-free); **KeypointNet + axis-anchor warm-up** adds a warm-up that pulls keypoints 0 and 1 to the "
+      "projected +-x axis ends (not label-free); the **supervised baseline** regresses the ground-truth keypoints.",
       "",
-      "Method names: **KeypointNet** is the paper's six losses only (label-free). **KeypointNet + axis-anchor "
-      "warm-up** adds the anchored preset's warm-up term, which pulls keypoints 0 and 1 to the projections of the "
-      "object's +-x axis ends during the first half of training: two landmarks from the absolute pose, so it is "
-      "not label-free in the paper's sense. The **supervised baseline** regresses the ground-truth keypoints.",
+      "## Ours (procedural data)",
       "",
-      "Produced by:",
-      "",
-      "```bash",
-      # Every command behind a stored run (a run keeps the command that trained it; older ones, their category's).
-      *dict.fromkeys(run.get("command") or entry.get("command") or command
-                     for entry in stored.values() for run in entry["runs"].values()),
-      "```",
-      "",
-      "## Ours (procedural data, the budget of each row below)",
-      "",
-      evaluation.markdown_table(main_rows, include_paper=False),
-      "Budget of each row:",
-      "",
+      evaluation.markdown_table(main_rows, include_paper=False, rounded=True),
   ]
+  notes = ["## Budgets and notes", ""]
   for category, entry in stored.items():
     for method in sorted(entry["runs"], key=_method_order):
       run = entry["runs"][method]
-      lines.append(f"- {category}, {method}: {_budget(run)} ({run.get('machine', entry['machine'])}, "
+      notes.append(f"- {category}, {method}: {_budget(run)} ({run.get('machine', entry['machine'])}, "
                    f"{run.get('date', entry['date'])}); {run['pairs']} test pairs")
   for category, entry in stored.items():
     for note in entry.get("notes", []):
-      lines.append(f"- {category}: {note}")
+      notes.append(f"- {category}: {note}")
+  notes.append("")
   lines += ["", "## The paper (Table 1: ShapeNet, 128 px, 64 filters, 200,000 steps x 256 pairs = 51M pairs)", "",
             evaluation.paper_table()]
   ablation_rows, sweep_rows = [], []
@@ -371,8 +359,8 @@ def write_report(output_dir, path, command):
       rows.append((category, name, f"{ABLATION_DESCRIPTIONS.get(name, name)} on {base}", run))
     for category, name, change, run in sorted(rows, key=lambda row: row[0]):  # stable: the reference first
       lines.append(f"| {category} | {name} | {change} | {run['mean']:.1f} | {run['median']:.1f} | "
-                   f"{run['3d_se']:.3f} | {run['under_30']:.1%} | {run.get('das', float('nan')):.3f} | "
-                   f"{run.get('near_part', float('nan')):.1%} |")
+                   f"{run['3d_se']:.2f} | {run['under_30']:.0%} | {run.get('das', float('nan')):.2f} | "
+                   f"{run.get('near_part', float('nan')):.0%} |")
     lines.append("")
   if sweep_rows:
     lines += ["## Number of keypoints (the paper's Fig. 9 sweep, of the KeypointNet row)", "",
@@ -385,9 +373,9 @@ def write_report(output_dir, path, command):
       if reference:
         sweep_rows.append((category, reference["config"]["model"]["num_keypoints"], "KeypointNet row", reference))
     for category, n, source, run in sorted(sweep_rows, key=lambda row: (row[0], row[1], row[2] != "KeypointNet row")):
-      lines.append(f"| {category} | {n} | {source} | {run['mean']:.1f} | {run['median']:.1f} | {run['3d_se']:.3f} | "
-                   f"{run['under_30']:.1%} | {run.get('das', float('nan')):.3f} | "
-                   f"{run.get('near_part', float('nan')):.1%} |")
+      lines.append(f"| {category} | {n} | {source} | {run['mean']:.1f} | {run['median']:.1f} | {run['3d_se']:.2f} | "
+                   f"{run['under_30']:.0%} | {run.get('das', float('nan')):.2f} | "
+                   f"{run.get('near_part', float('nan')):.0%} |")
     lines.append("")
   deformation = os.path.join(output_dir, "deformation", "README.md")
   if os.path.exists(deformation):  # written by hand from tools/evaluate.py's outputs; shown here whole
@@ -396,6 +384,7 @@ def write_report(output_dir, path, command):
     body = text.split("\n", 1)[1] if text.startswith("# ") else text
     lines += ["## Deformation test (the paper's Fig. 8, with numbers)", "",
               f"From [{relative}/deformation/README.md]({relative}/deformation/README.md):", "", body.strip(), ""]
+  lines += notes
   lines += ["## Pictures", "",
             "Eight test pairs per picture (view 0 above view 1), one colour per keypoint index.", ""]
   for category, entry in stored.items():
@@ -406,6 +395,11 @@ def write_report(output_dir, path, command):
     if entry.get("picture") and not set(rows) <= drawn:  # an earlier picture with several methods, top to bottom
       caption = f"{category}, top to bottom: " + ", ".join(rows)
       lines += [f"{caption}:", "", f"![{caption}]({relative}/{entry['picture']})", ""]
+  lines += ["## Commands", "", "Every command behind a stored run (each run keeps the command that trained it):", "",
+            "```bash",
+            *dict.fromkeys(run.get("command") or entry.get("command") or command
+                           for entry in stored.values() for run in entry["runs"].values()),
+            "```", ""]
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return path

@@ -151,11 +151,15 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   with open(report) as f:
     text = f.read()
   ours = entry["runs"]["KeypointNet"]
-  assert f"{ours['mean']:.3f} | {ours['median']:.3f} | {ours['3d_se']:.3f}" in text
+  assert f"{ours['mean']:.1f} | {ours['median']:.1f} | {ours['3d_se']:.2f}" in text  # the report's precision
+  # Tables first: ours, the paper's, the ablations, the sweep; budgets, pictures and commands after them.
+  order = ["## Ours", "## The paper", "## Ablations", "## Number of keypoints", "## Deformation test",
+           "## Budgets and notes", "## Pictures", "## Commands"]
+  assert [text.index(heading) for heading in order] == sorted(text.index(heading) for heading in order)
   ours_section, paper_section = text.split("## The paper", 1)
   assert "| d) KeypointNet |" in paper_section and "| d) KeypointNet |" not in ours_section
-  assert f"| {anchored} (procedural, budget below) |" in ours_section
-  assert "| KeypointNet (procedural, budget below) |" in ours_section and "procedural" in text
+  assert f"| {anchored} (procedural) |" in ours_section
+  assert "| KeypointNet (procedural) |" in ours_section and "procedural" in text
   assert f"![planes, {anchored}](out/planes_keypointnet_anchor.png)" in text
   assert "![planes, KeypointNet](out/planes_keypointnet.png)" in text
   assert "![planes, ablation: keypoints_3](out/planes_ablation_keypoints_3.png)" in text  # the N sweep's pictures
@@ -216,7 +220,7 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   # Each run keeps the command that trained it, so the report lists both invocations, not only the last one.
   assert onet_rows["runs"]["KeypointNet"]["command"] == "python tools/reproduce.py --methods=keypointnet"
   with open(reproduction.write_report(output, str(tmp_path / "REPRODUCTION.md"), "")) as f:
-    produced_by = f.read().split("Produced by:", 1)[1].split("```", 2)[1]
+    produced_by = f.read().split("## Commands", 1)[1].split("```", 2)[1]
   assert produced_by.split() == ["bash"] + "python tools/reproduce.py --methods=keypointnet".split() + \
       "python tools/reproduce.py --methods=keypointnet_onet".split()
   # Rows b and c on a machine without the KeypointNet run (its result is stored): it is trained again, not kept.
