@@ -130,7 +130,7 @@ def _small_data(category):
 
 
 def cpu_preset(category="planes"):
-  """A label-free run sized for a 2-core CPU: "KeypointNet" (README "CPU preset", the default without a GPU).
+  """A label-free run sized for a 2-core CPU: "KeypointNet" (docs/training.md "Presets", the default without a GPU).
 
   The paper's network, six losses, weights, pose noise and separation threshold on a smaller problem: the
   `<category>_small_x10` data (2,000 training objects, 64 px renders; for another category, the data set of that

@@ -177,7 +177,7 @@ def anchor_loss(uv, mv, focal):
   pose like every other training signal; the anchor asks keypoints 0 and 1 to land there too. With two keypoints
   tied to object points from the start, the relative-pose and consistency losses have a frame to build on and
   the other keypoints spread over the object within a CPU budget, where the paper's losses alone keep every
-  keypoint in a cluster at the object's centre for thousands of steps (README "CPU preset"). The anchored
+  keypoint in a cluster at the object's centre for thousands of steps (docs/research.md). The anchored
   preset (`--preset=cpu_anchor`) decays its weight to 0 halfway through training, so the second half is trained
   by the paper's losses only.
 

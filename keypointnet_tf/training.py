@@ -235,7 +235,7 @@ def _multi_worker_strategy(timeout_secs):
   """MultiWorkerMirroredStrategy from TF_CONFIG, or a clear exit when the cluster does not assemble in time."""
   if "TF_CONFIG" not in os.environ:
     raise TrainingError("strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task); see "
-                        "the README's multi-worker section.")
+                        "docs/training.md, 'Several GPUs and several machines'.")
   try:
     tf_config = json.loads(os.environ["TF_CONFIG"])
     cluster, task = tf_config["cluster"], tf_config["task"]

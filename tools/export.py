@@ -1,4 +1,4 @@
-"""Exports a trained run as a SavedModel for TF Serving (see README "Serving").
+"""Exports a trained run as a SavedModel for TF Serving (see docs/serving.md).
 
 Example:
   python tools/export.py --model_dir=runs/planes            # writes runs/planes/serving/1

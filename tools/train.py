@@ -8,7 +8,7 @@ Examples:
   python tools/train.py --category=cars --preset=paper    # the paper's recipe (GPU; 200k steps)
   python tools/train.py --category=planes --supervised --model_dir=runs/planes_supervised
   python tools/train.py --category=cars --released_dir=/data/cars_with_keypoints --preset=paper
-  python tools/train.py --dataset_config=mugs             # a data set built from your own meshes (README)
+  python tools/train.py --dataset_config=mugs             # a data set built from your own meshes (docs/dataset.md)
 
 The data set is built first when it is missing. Rerunning the same command resumes from the last checkpoint;
 Ctrl-C saves a checkpoint and stops. TensorBoard: tensorboard --logdir runs/

@@ -8,7 +8,7 @@ in the layout of the paper's released TFRecords (see keypointnet_tf.geometry). S
 - by default, this project's procedural collection (datasets/shapenet_pairs/procedural.py), which also
   provides exact ground-truth semantic keypoints.
 
-Build (see README.md):
+Build (see docs/dataset.md):
   tfds build datasets/shapenet_pairs --config=planes
   tfds build datasets/shapenet_pairs --config='{"name": "mugs", "mesh_dir": "/data/mugs", "image_size": 64}'
 """
