@@ -75,6 +75,9 @@ class TrainConfig:
   # from learning_rate at step (1 - lr_decay_fraction) * steps to 0 at `steps` (reproduction/trials.md).
   lr_decay_fraction: float = 0.0
   clip_norm: float = 5.0  # Global-norm gradient clipping.
+  # With several replicas: clip each replica's gradient before they are averaged (True, the released code:
+  # clip_gradients_by_norm wraps SyncReplicasOptimizer), or clip the averaged gradient (False). One replica: equal.
+  clip_per_replica: bool = True
   image_size: int = 128  # Images are resized to this side before the network.
   model: ModelConfig = ModelConfig()
   loss: LossConfig = LossConfig()

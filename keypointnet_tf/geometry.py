@@ -281,11 +281,30 @@ def chordal_distance(r_a, r_b):
   return tf.sqrt(tf.reduce_sum(tf.square(r_a - r_b), axis=[-2, -1]) + 1e-12)
 
 
+# Smallest 1 - x^2 the asin derivative divides by: float32's spacing below 1 (x = 1 - 6e-8), so the derivative
+# stays finite (at most ~2,900) at and near 180 degrees, the largest value the released code's float32 asin reaches.
+_ASIN_FLOOR = 2.0 ** -23
+
+
+@tf.custom_gradient
+def _asin_to_one(x):
+  """asin(min(x, 1)) for x >= 0, with the derivative 1 / sqrt(1 - x^2) bounded by 1 / sqrt(_ASIN_FLOOR).
+
+  Round-off can put x a little above 1 at 180 degrees; the value is then pi / 2 and the derivative its bound, not 0.
+  """
+  x = tf.minimum(x, 1.0)
+  def grad(dy):
+    return dy * tf.math.rsqrt(tf.maximum(1.0 - tf.square(x), _ASIN_FLOOR))
+  return tf.asin(x), grad
+
+
 def angular_distance(r_a, r_b):
   """Geodesic angle between rotations: 2 asin(|Ra - Rb|_F / (2 sqrt 2)), in radians.
 
-  Safe at both ends: at 0 the square root has an epsilon; at 180 degrees the asin argument is clipped just
-  below 1, so the value is pi - O(1e-3) and the gradient is zero there instead of infinite.
+  As the released code (2 asin(min(1, .))): the value is exact up to 180 degrees, and round-off beyond the asin's
+  domain counts as 180. The gradient is finite and non-zero at 180 degrees too (the derivative of asin is bounded
+  by _ASIN_FLOOR, also where round-off put the argument above 1), so a pair predicted front-to-back still gets a
+  pose gradient; at 0 the chordal distance's square root has an epsilon.
 
   Args:
     r_a, r_b: [..., 3, 3] float. Rotation matrices.
@@ -293,7 +312,7 @@ def angular_distance(r_a, r_b):
     [...] float. Angle in [0, pi].
   """
   x = chordal_distance(r_a, r_b) / (2.0 * math.sqrt(2.0))
-  return 2.0 * tf.asin(tf.clip_by_value(x, 0.0, 1.0 - 1e-7))
+  return 2.0 * _asin_to_one(x)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -73,12 +73,24 @@ _RELEASED_FEATURES = {
 
 
 def read_projection(path):
-  """NDC focal length P[0, 0] from a released `projection.txt` (a 4x4 matrix, one row per line)."""
+  """NDC focal length from a released `projection.txt` (a 4x4 matrix, one row per line).
+
+  The released code projects with P[0, 0] and unprojects y with P[1, 1]; this project uses one focal length for
+  both axes, so the two must agree (they do for the released square 5 degree renders).
+
+  Raises:
+    ValueError: not a 4x4 matrix, or P[0, 0] and P[1, 1] differ (non-square pixels), with what was read.
+  """
   with tf.io.gfile.GFile(os.path.join(os.fspath(path), "projection.txt")) as f:
     rows = [[float(x) for x in line.split()] for line in f.read().splitlines() if line.strip()]
   if len(rows) != 4 or any(len(row) != 4 for row in rows):
     raise ValueError(f"{path}/projection.txt must hold a 4x4 matrix (4 lines of 4 numbers). Received: {rows}")
-  return rows[0][0]
+  fx, fy = rows[0][0], rows[1][1]
+  if abs(fx - fy) > 1e-5 * max(abs(fx), abs(fy)):
+    raise ValueError(f"{path}/projection.txt has different focal lengths for x (P[0, 0] = {fx}) and y "
+                     f"(P[1, 1] = {fy}); this project supports square pixels only (one focal length). Render the "
+                     "data with a square field of view.")
+  return fx
 
 
 def released_shards(path, split):

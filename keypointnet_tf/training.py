@@ -300,9 +300,11 @@ def build_train_step(net, optimizer, strategy, config, generator, step_var, non_
                      restore_non_finite=True):
   """Returns a tf.function: distributed batch -> dict of replica-averaged metrics.
 
-  Per replica: loss on the local batch (normalised by its own shape), gradient of loss / num_replicas,
-  all-reduced (sum) so every replica holds the gradient of the global mean loss; clipped by global norm. Keras's
-  optimizer sums gradients across replicas again, so it receives the global gradient / num_replicas.
+  Per replica: the loss on the local batch (normalised by its own shape) and its gradient. With
+  config.clip_per_replica (the released code) each replica's gradient is clipped by global norm and the clipped
+  gradients are averaged across replicas; otherwise the gradients are averaged and the average is clipped. Both
+  agree with one replica. Keras's optimizer sums gradients across replicas again, so it receives the combined
+  gradient / num_replicas.
   Non-finite steps: when the loss or any gradient on any replica is not finite, the step changes nothing: every
   model variable (weights and batch-norm statistics) and every optimizer variable (moments, iteration count) is
   put back to its value before the step, which is counted in `non_finite_steps` (the host then stops the run).
@@ -313,20 +315,26 @@ def build_train_step(net, optimizer, strategy, config, generator, step_var, non_
   variables = net.trainable_variables
   guarded = list(net.variables) + list(optimizer.variables)
 
+  def mean_over_replicas(context, grads):
+    if num_replicas == 1:
+      return grads
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, [g / num_replicas for g in grads])
+
   def replica_step(batch):
     mix = flag_mix(step_var, config.anneal_start, config.anneal_end)
     with tf.GradientTape() as tape:
       terms, _ = compute_losses(net, batch, config, generator, mix, step=step_var)
-      scaled = terms["total"] / num_replicas
-    grads = tape.gradient(scaled, variables)
+    grads = tape.gradient(terms["total"], variables)
     context = tf.distribute.get_replica_context()
-    if num_replicas > 1:
-      grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
     finite = tf.logical_and(tf.math.is_finite(terms["total"]),
                             tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
     if num_replicas > 1:
       finite = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)) < 0.5
-    clipped, global_norm = tf.clip_by_global_norm(grads, config.clip_norm)
+    if config.clip_per_replica:
+      clipped, global_norm = tf.clip_by_global_norm(grads, config.clip_norm)
+      clipped = mean_over_replicas(context, clipped)
+    else:
+      clipped, global_norm = tf.clip_by_global_norm(mean_over_replicas(context, grads), config.clip_norm)
     # Zeros keep NaNs out of the update; the values are put back after it (MirroredStrategy forbids a tf.cond
     # around apply_gradients, whose merge_call cannot sit inside control flow).
     safe = [tf.where(finite, g, tf.zeros_like(g)) / num_replicas for g in clipped]

@@ -324,6 +324,15 @@ def test_released_reader_returns_written_tensors(tmp_path):
   assert test_ids == {b"obj30", b"obj31"}
 
 
+def test_released_projection_reads_both_focal_lengths(tmp_path):
+  # The released code unprojects y with P[1, 1]: both entries are read, and non-square pixels are refused.
+  (tmp_path / "projection.txt").write_text(f"{FOCAL} 0 0 0\n0 {FOCAL} 0 0\n0 0 -1.002 -0.2002\n0 0 -1 0\n")
+  assert input_pipeline.read_projection(tmp_path) == pytest.approx(FOCAL)
+  (tmp_path / "projection.txt").write_text(f"{FOCAL} 0 0 0\n0 {FOCAL * 1.5} 0 0\n0 0 -1.002 -0.2002\n0 0 -1 0\n")
+  with pytest.raises(ValueError, match=r"P\[1, 1\] = .*square pixels"):
+    input_pipeline.read_projection(tmp_path)
+
+
 def test_pipeline_on_built_dataset_shapes_resize_determinism_and_mixing(tmp_path):
   builder = builder_lib.Builder(config=_tiny_config(name="tiny_pipe", num_models=(6, 1, 1), pairs_per_model=4),
                                 data_dir=tmp_path)

@@ -169,6 +169,26 @@ def test_angular_distance_presets(axis):
   assert geometry.angular_distance(r[None], r[None]).numpy()[0] == pytest.approx(0.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_angular_distance_gradient_is_finite_and_non_zero_at_180_degrees(dtype):
+  # The released code's 2 asin(min(1, x)) keeps a finite, non-zero gradient there; a clip below 1 would zero it.
+  flip = tf.constant(Rotation.from_rotvec([0.0, 0.0, math.pi]).as_matrix()[None], dtype)
+  start = tf.constant(Rotation.from_rotvec([0.0, 0.0, math.pi - 0.3]).as_matrix()[None], dtype)
+  quarter = tf.constant(Rotation.from_rotvec([0.0, math.pi / 2, 0.0]).as_matrix()[None], dtype)
+  eye = tf.eye(3, batch_shape=[1], dtype=dtype)
+  for rotation, expected_angle in ((flip, math.pi), (start, math.pi - 0.3), (quarter, math.pi / 2)):
+    with tf.GradientTape() as tape:
+      tape.watch(rotation)
+      angle = geometry.angular_distance(rotation, eye)
+    grad = tape.gradient(angle, rotation).numpy()
+    assert angle.numpy()[0] == pytest.approx(expected_angle, abs=1e-3 if dtype == tf.float32 else 1e-9)
+    assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
+  # Away from 180 degrees the gradient is asin's own: d angle / d R = (R - I) / (|R - I| sqrt(2) cos(angle / 2)).
+  expected = (quarter.numpy() - eye.numpy()) / (np.linalg.norm(quarter.numpy() - eye.numpy()) * math.sqrt(2) *
+                                                math.cos(math.pi / 4))
+  np.testing.assert_allclose(grad, expected, rtol=1e-4 if dtype == tf.float32 else 1e-9)
+
+
 def test_orientation_targets_hand_derived():
   mv = geometry.look_at_model_view([0.0, 0.0, 30.0])[None].astype(np.float32)
   targets = geometry.orientation_targets(mv, FOCAL).numpy()

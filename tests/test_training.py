@@ -172,7 +172,7 @@ _EQUIVALENCE_SCRIPT = textwrap.dedent("""
     for strategy in ("default", "mirrored"):
       config = config_lib.TrainConfig(
           category="planes", model_dir=f"{out}/{strategy}", steps=1, batch_size=8 if strategy == "default" else 4,
-          image_size=32, strategy=strategy, log_every=1, seed=3, learning_rate=1e-2,
+          image_size=32, strategy=strategy, log_every=1, seed=3, learning_rate=1e-2, clip_per_replica=False,
           model=config_lib.ModelConfig(num_keypoints=4, num_filters=8, sync_batch_norm=True),
           loss=config_lib.LossConfig(pose_noise_stddev=0.0))
       result = training.train(config, tf.data.Dataset.from_tensors(batch).repeat())
@@ -203,6 +203,75 @@ def test_mirrored_two_devices_matches_one_device(tiny_planes, tmp_path):
   # Adam's first step moves every weight by ~lr * sign(gradient): weights whose gradient is ~0 can flip sign on
   # float round-off between the two reductions, so a handful may differ by 2 * lr; the rest must agree.
   assert summary["share_differing"] < 0.01, summary
+
+
+_PER_REPLICA_CLIP_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from keypointnet_tf import config as config_lib, input_pipeline, model as model_lib, training
+    data_dir, name = sys.argv[1:3]
+    source = input_pipeline.find_tfds_dir(data_dir, name)
+    batch = next(iter(input_pipeline.make_dataset(source, "train", 8, image_size=32, deterministic=True)))
+    clip = 0.05  # far below the gradients' norms, so clipping acts on every replica
+    out = {}
+    for per_replica in (True, False):
+      config = config_lib.TrainConfig(
+          category="planes", steps=1, batch_size=4, image_size=32, seed=3, clip_norm=clip,
+          clip_per_replica=per_replica, model=config_lib.ModelConfig(num_keypoints=4, num_filters=8),
+          loss=config_lib.LossConfig(pose_noise_stddev=0.0))
+      strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+      keras.utils.set_random_seed(3)
+      with strategy.scope():
+        net = model_lib.build_model(config.model, image_size=32)
+        optimizer = keras.optimizers.SGD(learning_rate=1.0)  # the update is minus the gradient it receives
+        optimizer.build(net.trainable_variables)
+        step_var = tf.Variable(0, dtype=tf.int64)
+        non_finite = tf.Variable(0, dtype=tf.int64)
+        generator = tf.random.Generator.from_seed(0)
+      before = [v.numpy() for v in net.trainable_variables]
+      # By hand, on one device: each replica's half of the batch, its gradient, then the two combinations.
+      twin = model_lib.build_model(config.model, image_size=32)
+      twin.set_weights(net.get_weights())
+      halves = []
+      for i in range(2):
+        half = {k: v[4 * i:4 * i + 4] for k, v in batch.items()}
+        with tf.GradientTape() as tape:
+          terms, _ = training.compute_losses(twin, half, config, generator, tf.ones([]), step=0)
+        halves.append(tape.gradient(terms["total"], twin.trainable_variables))
+      clipped = [tf.clip_by_global_norm(g, clip)[0] for g in halves]
+      by_hand = {True: [(a + b) / 2 for a, b in zip(*clipped)],
+                 False: tf.clip_by_global_norm([(a + b) / 2 for a, b in zip(*halves)], clip)[0]}
+      step_fn = training.build_train_step(net, optimizer, strategy, config, generator, step_var, non_finite)
+      distributed = training._distribute(strategy, tf.data.Dataset.from_tensors(batch), 8)
+      step_fn(next(iter(distributed)))
+      applied = np.concatenate([(b - a.numpy()).ravel() for a, b in zip(net.trainable_variables, before)])
+      out[str(per_replica)] = {
+          mode: float(np.abs(applied - np.concatenate([g.numpy().ravel() for g in grads])).max())
+          for mode, grads in (("per_replica", by_hand[True]), ("averaged", by_hand[False]))}
+      out[str(per_replica)]["size"] = float(np.abs(applied).max())
+    print(json.dumps(out))
+""")
+
+
+def test_clipping_per_replica_matches_a_hand_computation(tiny_planes, tmp_path):
+  # Two replicas, one SGD step with learning rate 1: the applied update is the combined gradient. The released
+  # code clips each replica's gradient, then averages (clip_per_replica=True); the other mode clips the average.
+  data_dir, name = tiny_planes
+  script = tmp_path / "per_replica.py"
+  script.write_text(_PER_REPLICA_CLIP_SCRIPT)
+  proc = subprocess.run([sys.executable, str(script), data_dir, name], capture_output=True, text=True, timeout=300,
+                        cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
+  for mode, other in (("True", "averaged"), ("False", "per_replica")):
+    errors = out[mode]
+    own = "per_replica" if mode == "True" else "averaged"
+    assert errors[own] < 1e-3 * errors["size"], out  # the mode does what its hand computation does
+    assert errors[other] > 1e-2 * errors["size"], out  # and the two modes differ, so the test can tell them apart
 
 
 def _train_command(data_dir, name, model_dir, steps):

@@ -73,6 +73,9 @@ _JIT = flags.DEFINE_bool("jit_compile", None, "XLA-compile the train step.")
 _DILATED = flags.DEFINE_enum("dilated_conv", None, ["auto", "keras", "native"],
                              "How the dilated convolutions are computed (same network; auto: the op's own dilations "
                              "on CPUs with oneDNN, the Keras layer on GPUs).")
+_CLIP_PER_REPLICA = flags.DEFINE_bool(
+    "clip_per_replica", None, "With several replicas: clip each replica's gradient to --clip_norm before averaging "
+    "(the released code; default) or, with --noclip_per_replica, clip the averaged gradient.")
 _FUSED_BN = flags.DEFINE_bool("fused_batch_norm", None, "Batch norm through TensorFlow's fused kernel (same results).")
 
 
@@ -87,7 +90,8 @@ def _config_from_flags():
                                                    ("lr_decay_fraction", _FLOAT_FLAGS["lr_decay_fraction"]),
                                                    ("worker_timeout_secs", _FLOAT_FLAGS["worker_timeout_secs"]),
                                                    ("supervised", _SUPERVISED), ("strategy", _STRATEGY),
-                                                   ("mixed_precision", _MIXED), ("jit_compile", _JIT)]
+                                                   ("mixed_precision", _MIXED), ("jit_compile", _JIT),
+                                                   ("clip_per_replica", _CLIP_PER_REPLICA)]
               if flag.value is not None})
   model = {name: _INT_FLAGS[name].value for name in ("num_keypoints", "num_filters")
            if _INT_FLAGS[name].value is not None}
