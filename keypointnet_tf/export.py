@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from keypointnet_tf import geometry
+from keypointnet_tf import model as model_lib
 
 
 def _outputs(net, images, sizes, focal):
@@ -55,8 +56,7 @@ def _write_archive(net, path, image_size, focal):
   def decode_one(data):
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     size = tf.cast(tf.shape(image)[:2], tf.float32)
-    image = tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), [image_size, image_size],
-                            method="area", antialias=True)
+    image = model_lib.network_input(image, image_size)
     return tf.concat([image, tf.ones_like(image[..., :1])], axis=-1), size
 
   def serve_bytes(images):
@@ -69,8 +69,7 @@ def _write_archive(net, path, image_size, focal):
     tf.debugging.assert_equal(shape[-1], 4, message="predict_images expects float32 RGBA images of shape "
                               "[N, H, W, 4] in [0, 1]; add an alpha channel (e.g. ones) to RGB images.")
     sizes = tf.cast(tf.tile(shape[tf.newaxis, 1:3], [shape[0], 1]), tf.float32)
-    resized = tf.image.resize(images, [image_size, image_size], method="area", antialias=True)
-    return _outputs(net, resized, sizes, focal)
+    return _outputs(net, model_lib.network_input(images, image_size), sizes, focal)
 
   archive.add_endpoint("serving_default", serve_bytes,
                        input_signature=[tf.TensorSpec([None], tf.string, name="images")])

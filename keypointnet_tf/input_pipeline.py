@@ -28,6 +28,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keypointnet_tf import geometry
+from keypointnet_tf import model as model_lib
 
 SPLITS = ("train", "validation", "test")
 UNKNOWN_MODEL_ID = ""  # model_id of examples whose object is not recorded (released shards without job.txt).
@@ -163,10 +164,8 @@ def _finish_example(example, image_size):
   out = {}
   for view in ("0", "1"):
     image = tf.io.decode_png(example["img" + view], channels=4)
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    if image_size is not None:
-      image = tf.image.resize(image, [image_size, image_size], method="area", antialias=True)
-    out["image" + view] = image
+    out["image" + view] = (tf.image.convert_image_dtype(image, tf.float32) if image_size is None
+                           else model_lib.network_input(image, image_size))
     out["mv" + view] = tf.cast(example["mv" + view], tf.float32)
     out["mvi" + view] = tf.cast(example["mvi" + view], tf.float32)
     out["orientation_flag" + view] = geometry.orientation_flag_from_mv(out["mv" + view])

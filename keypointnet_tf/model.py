@@ -356,6 +356,22 @@ class KeypointNet(keras.Model):
     return cls(**config)
 
 
+def network_input(images, image_size):
+  """Images of any size as the network takes them: the one resize used by training, prediction and serving.
+
+  Args:
+    images: [..., H, W, C] uint8 (scaled by 1/255) or float in [0, 1]; C = 4 (RGBA) for the network.
+    image_size: int S, the side the model was trained at.
+  Returns:
+    [..., S, S, C] float32 in [0, 1]: area averaging with antialiasing (the aspect ratio is not kept); images that
+    already have the size come back unchanged.
+  """
+  images = tf.image.convert_image_dtype(images, tf.float32)
+  if images.shape[-3] == image_size and images.shape[-2] == image_size:
+    return images
+  return tf.image.resize(images, [image_size, image_size], method="area", antialias=True)
+
+
 def build_model(model_config, image_size=None):
   """Creates a KeypointNet from a `config.ModelConfig`; builds its weights when `image_size` is given."""
   model = KeypointNet(num_keypoints=model_config.num_keypoints, num_filters=model_config.num_filters,

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from keypointnet_tf import model as model_lib
 from keypointnet_tf import visualization
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -28,10 +29,7 @@ def read_image(path, image_size):
       array = np.asarray(image, np.float32) / 255.0
   except (OSError, ValueError) as e:
     raise ValueError(f"{path}: not a readable PNG or JPEG image ({e})") from e
-  size = array.shape[:2]
-  if size != (image_size, image_size):
-    array = tf.image.resize(array, [image_size, image_size], method="area", antialias=True).numpy()
-  return array, size
+  return model_lib.network_input(array, image_size).numpy(), array.shape[:2]
 
 
 def list_images(folder):
@@ -74,9 +72,7 @@ def predict_pictures(predict_fn, images, image_size=None, display_size=DISPLAY_S
   pictures, uvs = [], []
   for start in range(0, len(images), batch_size):
     chunk = tf.constant(images[start:start + batch_size], tf.float32)
-    inputs = chunk
-    if image_size is not None and image_size != side:
-      inputs = tf.image.resize(chunk, [image_size, image_size], method="area", antialias=True)
+    inputs = chunk if image_size is None else model_lib.network_input(chunk, image_size)
     uv = predict_fn(inputs)["uv"].numpy()
     shown = chunk if display == side else tf.image.resize(chunk, [display, display], method="bicubic")
     pictures.append(visualization.draw_keypoints_batch(np.clip(shown.numpy(), 0.0, 1.0), uv))

@@ -6,9 +6,12 @@ orientation network of the paper's rows b/c all load runs through `load_trained_
 that does not hold every weight of the run's model.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import time
 
 import tensorflow as tf
 
@@ -93,7 +96,7 @@ def load_trained_model(model_dir, checkpoint=None):
     RunError: the checkpoint lacks some of the model's weights or has other shapes (see restore_all).
   """
   run_config = load_config(model_dir)
-  net = model_lib.build_model(run_config.model, image_size=32)
+  net = model_lib.build_model(run_config.model, image_size=run_config.image_size)
   checkpoint = checkpoint or tf.train.latest_checkpoint(checkpoint_dir(model_dir))
   if checkpoint is None:
     raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(model_dir)}: train first (tools/train.py).")
@@ -185,7 +188,44 @@ def dataset_source(config, build=None):
   except FileNotFoundError:
     if build is None:
       raise
-  print(f"Building the shapenet_pairs/{config.dataset_config} data set in {data_dir} (first run only)...",
-        flush=True)
-  build(data_dir, config.dataset_config)
-  return input_pipeline.find_tfds_dir(data_dir, config.dataset_config)
+  # Several processes may start on one empty data directory (the workers of a cluster on shared storage, or two
+  # runs on one machine): one of them builds while the others wait for it, so nothing is rendered twice and no
+  # process reads a half-written data set. The lock is the operating system's, released if its holder dies.
+  with _build_lock(data_dir, config.dataset_config):
+    try:
+      return input_pipeline.find_tfds_dir(data_dir, config.dataset_config)  # built while we waited
+    except FileNotFoundError:
+      pass
+    print(f"Building the shapenet_pairs/{config.dataset_config} data set in {data_dir} (first run only)...",
+          flush=True)
+    build(data_dir, config.dataset_config)
+    return input_pipeline.find_tfds_dir(data_dir, config.dataset_config)
+
+
+@contextlib.contextmanager
+def _build_lock(data_dir, dataset_config, poll_secs=2.0):
+  """Holds an exclusive lock on <data_dir>/shapenet_pairs/.<config>.lock, saying so while another process has it.
+
+  A data directory on a remote file system (gs://...) gets no lock: build it once before starting the workers.
+  """
+  if "://" in data_dir:
+    yield
+    return
+  folder = os.path.join(data_dir, "shapenet_pairs")
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, f".{dataset_config}.lock"), "a") as lock:
+    waited = False
+    while True:
+      try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+      except BlockingIOError:
+        if not waited:
+          print(f"Waiting for another process that is building shapenet_pairs/{dataset_config} in {data_dir}...",
+                flush=True)
+          waited = True
+        time.sleep(poll_secs)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)

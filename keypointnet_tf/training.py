@@ -10,7 +10,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -19,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from keypointnet_tf import config as config_lib
+from keypointnet_tf import distribute
 from keypointnet_tf import evaluation
 from keypointnet_tf import geometry
 from keypointnet_tf import input_pipeline
@@ -208,94 +208,6 @@ def compute_losses(net, batch, config, generator, mix, training=True, step=0):
   return terms, outputs
 
 
-def make_strategy(name, worker_timeout_secs=300.0):
-  """tf.distribute strategy by name: auto, default, mirrored, multi_worker.
-
-  Call it before anything else touches TensorFlow's runtime (listing devices, creating tensors): a multi-worker
-  strategy configures the collective ops at start-up and fails otherwise. "auto" looks at the physical devices
-  only, which does not start the runtime.
-  Args:
-    name: str.
-    worker_timeout_secs: float. multi_worker only: when the other workers have not joined within this time the
-      process prints which workers were expected (TF_CONFIG) and is killed instead of waiting forever.
-  """
-  if name == "auto":
-    gpus = tf.config.list_physical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-  if name == "default":
-    return tf.distribute.get_strategy()
-  if name == "mirrored":
-    return tf.distribute.MirroredStrategy()
-  if name == "multi_worker":
-    return _multi_worker_strategy(worker_timeout_secs)
-  raise ValueError(f"strategy must be auto, default, mirrored or multi_worker. Received: strategy={name!r}")
-
-
-def _multi_worker_strategy(timeout_secs):
-  """MultiWorkerMirroredStrategy from TF_CONFIG, or a clear exit when the cluster does not assemble in time."""
-  if "TF_CONFIG" not in os.environ:
-    raise TrainingError("strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task); see "
-                        "docs/training.md, 'Several GPUs and several machines'.")
-  try:
-    tf_config = json.loads(os.environ["TF_CONFIG"])
-    cluster, task = tf_config["cluster"], tf_config["task"]
-    addresses = [address for job in ("chief", "worker") for address in cluster.get(job, [])]
-    me = cluster[task["type"]][task["index"]]
-  except (ValueError, KeyError, IndexError, TypeError) as e:
-    raise TrainingError(f"TF_CONFIG is not a valid cluster description ({e!r}). Expected e.g. "
-                        '{"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}, '
-                        '"task": {"type": "worker", "index": 0}}') from e
-  others = [a for a in addresses if a != me]
-  message = (f"error: multi-worker training: the other workers ({', '.join(others)}) did not join this one ({me}) "
-             f"within {timeout_secs:g} s, so it was stopped. Start the same command on every machine of "
-             "TF_CONFIG's cluster with its own task index, check that the addresses and ports are reachable from "
-             "here, or raise --worker_timeout_secs.")
-  # The strategy's start-up blocks inside TensorFlow holding the GIL, so a Python thread cannot time it out; a
-  # small watchdog process does, and goes away quietly when the strategy is up (or this process ends).
-  watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout_secs), message],
-                              stdin=subprocess.PIPE)
-  try:
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-  finally:
-    watchdog.stdin.close()
-    watchdog.wait()
-  return strategy
-
-
-# Waits for its stdin to close; if that takes longer than argv[2] seconds, prints argv[3] and kills process argv[1].
-_WATCHDOG = """
-import os, select, signal, sys
-pid, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-ready, _, _ = select.select([sys.stdin], [], [], timeout)
-if not ready:
-  print(message, file=sys.stderr, flush=True)
-  os.kill(pid, signal.SIGKILL)
-"""
-
-
-def is_chief(strategy):
-  """True for the process that writes the run's checkpoints, config and summaries (the only one off multi-worker)."""
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not resolver.task_type:
-    return True
-  if resolver.task_type == "chief":
-    return True
-  has_chief = "chief" in resolver.cluster_spec().as_dict()
-  return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def write_dir(model_dir, strategy):
-  """Where this process writes: the run directory on the chief, <model_dir>/workers/<task>-<id> elsewhere.
-
-  Every multi-worker process saves its checkpoints (saving is collective), each in its own folder, so that a
-  restarted cluster resumes on machines with or without a shared file system; only the chief's are the run's.
-  """
-  if is_chief(strategy):
-    return model_dir
-  resolver = strategy.cluster_resolver
-  return os.path.join(model_dir, "workers", f"{resolver.task_type}-{resolver.task_id}")
-
-
 def build_train_step(net, optimizer, strategy, config, generator, step_var, non_finite_steps,
                      restore_non_finite=True):
   """Returns a tf.function: distributed batch -> dict of replica-averaged metrics.
@@ -384,37 +296,6 @@ def _load_frozen_orientation_network(net, run_dir):
 # ------------------------------------------------------------------------------------------------------------
 # Data.
 # ------------------------------------------------------------------------------------------------------------
-
-
-def _distribute(strategy, dataset, global_batch):
-  """A given dataset of global batches, each worker taking its rows of every batch (tests feed data this way).
-
-  Worker w of W keeps rows [w * G / W, (w + 1) * G / W) of each global batch of G, split into per-replica batches
-  in order, so that the replicas together see exactly the global batch a single process would.
-  """
-  def per_worker(context):
-    per_worker_batch = global_batch // context.num_input_pipelines
-    first = context.input_pipeline_id * per_worker_batch
-    local = dataset.map(lambda batch: {k: v[first:first + per_worker_batch] for k, v in batch.items()})
-    per_replica = context.get_per_replica_batch_size(global_batch)
-    return local.unbatch().batch(per_replica, drop_remainder=True)
-
-  return strategy.distribute_datasets_from_function(per_worker)
-
-
-def _source_dataset(strategy, config, source, global_batch):
-  """The configured data, read as one input pipeline per worker (each its own shards) with per-replica batches."""
-  def per_worker(context):
-    return _numeric(input_pipeline.make_dataset(
-        source, "train", context.get_per_replica_batch_size(global_batch), image_size=config.image_size,
-        shuffle_buffer=config.shuffle_buffer, seed=config.seed, input_context=context))
-
-  return strategy.distribute_datasets_from_function(per_worker)
-
-
-def _numeric(dataset):
-  """The step needs only numeric tensors (a string model_id would also stop XLA compiling it)."""
-  return dataset.map(lambda batch: {k: v for k, v in batch.items() if k != "model_id"})
 
 
 def _data_fault(error, source, manager):
@@ -646,45 +527,6 @@ def _catch_signals(stop):
   return previous
 
 
-def _agree_on_step(strategy, checkpoint, manager, step_var, model_dir):
-  """Multi-worker: makes every worker resume from the same step; returns the checkpoint restored (or None).
-
-  Workers save their checkpoints one by one, so a cluster stopped between two saves restarts with different latest
-  steps, and its workers would go on from different weights without a word. The workers compare their restored
-  steps (all-gather); when they differ, each restores its checkpoint of the smallest step, which all of them keep
-  (keep_checkpoints > 1), or the run stops with a message naming the steps.
-  """
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    return manager.latest_checkpoint
-
-  @tf.function
-  def gather():
-    def replica_fn():
-      mine = tf.reshape(tf.cast(step_var, tf.float32), [1])  # exact below 2**24 steps
-      return tf.distribute.get_replica_context().all_gather(mine, axis=0)
-    return strategy.experimental_local_results(strategy.run(replica_fn))[0]
-
-  steps = sorted({int(s) for s in gather().numpy()})
-  if len(steps) == 1:
-    return manager.latest_checkpoint
-  target = steps[0]
-  # The checkpoint files on disk (the manager's list can be shorter when its state file was rewritten).
-  mine = {int(path[:-len(".index")].rsplit("-", 1)[1]): path[:-len(".index")]
-          for path in tf.io.gfile.glob(os.path.join(manager.directory, "ckpt-*.index"))}
-  if target and target not in mine:
-    raise TrainingError(f"{model_dir}: the workers' latest checkpoints are at different steps {steps} (the cluster "
-                        f"stopped between two saves) and this worker has no checkpoint of step {target} to agree on "
-                        f"(it keeps {sorted(mine)}). Copy the chief's checkpoint of one common step to every "
-                        "worker's checkpoint folder, or start a new --model_dir.")
-  if target:
-    runs.restore_all(checkpoint, mine[target], f"run {model_dir}")
-  else:  # some worker has no checkpoint: everyone starts afresh from the broadcast initial values
-    raise TrainingError(f"{model_dir}: some workers have checkpoints (steps {steps[1:]}) and others none. Start "
-                        "every worker with the same run folder contents, or start a new --model_dir.")
-  print(f"The workers' latest checkpoints were at steps {steps}; all resume from step {target}.", flush=True)
-  return mine[target]
-
-
 def set_up(config, dataset=None, validation_dataset=None, build_data=None):
   """Creates the strategy, data, model, optimizer and checkpoint of a run and restores its last checkpoint.
 
@@ -704,24 +546,24 @@ def set_up(config, dataset=None, validation_dataset=None, build_data=None):
   """
   config = resolve(config)
   # First: a multi-worker strategy must exist before anything starts TensorFlow's runtime.
-  strategy = make_strategy(config.strategy, config.worker_timeout_secs)
+  strategy = distribute.make_strategy(config.strategy, config.worker_timeout_secs)
   if config.mixed_precision:
     # bfloat16 needs no loss scaling (float16 would, and its scaled gradients would defeat the clipping).
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
-  chief = is_chief(strategy)
-  own_dir = write_dir(config.model_dir, strategy)
+  chief = distribute.is_chief(strategy)
+  own_dir = distribute.write_dir(config.model_dir, strategy)
   global_batch = config.batch_size * strategy.num_replicas_in_sync
   source = ""
   if dataset is None:
     source = runs.dataset_source(config, build=build_data)
     spec = input_pipeline.make_dataset(source, "train", None, shuffle=False, repeat=False).element_spec
-    distributed = _source_dataset(strategy, config, source, global_batch)
+    distributed = distribute.distribute_source(strategy, config, source, global_batch)
     if validation_dataset is None and config.validate_every:
       validation_dataset = _validation_dataset(config, source)
   else:
     dataset = dataset() if callable(dataset) else dataset
     spec = dataset.element_spec
-    distributed = _distribute(strategy, _numeric(dataset), global_batch)
+    distributed = distribute.distribute_batches(strategy, distribute.numeric(dataset), global_batch)
   if config.supervised:
     data_keypoints = spec["keypoints"].shape[-2]
     if data_keypoints == 0:
@@ -748,7 +590,7 @@ def set_up(config, dataset=None, validation_dataset=None, build_data=None):
   best_manager = tf.train.CheckpointManager(checkpoint, os.path.join(own_dir, BEST_DIR), max_to_keep=1)
   if manager.latest_checkpoint:
     runs.restore_all(checkpoint, manager.latest_checkpoint, f"run {config.model_dir}")
-  restored = _agree_on_step(strategy, checkpoint, manager, step_var, config.model_dir)
+  restored = distribute.agree_on_step(strategy, checkpoint, manager, step_var, config.model_dir)
   if restored:
     logging.info("Resumed from %s at step %d.", restored, int(step_var.numpy()))
     if chief:

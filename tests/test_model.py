@@ -234,3 +234,27 @@ def test_forward_flops_match_tensorflow_profiler(size, filters, num_kp):
   analytic = model_lib.forward_flops(size, filters, num_kp)
   # The profiler also counts biases, batch norm and the softmax expectations: a little above the convolutions.
   assert analytic <= profiled <= 1.02 * analytic
+
+
+def test_network_input_is_the_one_area_resize():
+  # Halving by area averaging is the mean of each 2x2 block (a NumPy reference); uint8 is scaled by 1/255.
+  rng = np.random.default_rng(3)
+  pixels = rng.integers(0, 256, size=(2, 64, 64, 4), dtype=np.uint8)
+  got = model_lib.network_input(tf.constant(pixels), 32).numpy()
+  expected = pixels.astype(np.float64).reshape(2, 32, 2, 32, 2, 4).mean(axis=(2, 4)) / 255.0
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  same = rng.uniform(size=(1, 32, 32, 4)).astype(np.float32)
+  np.testing.assert_array_equal(model_lib.network_input(same, 32).numpy(), same)  # right size: unchanged
+
+
+def test_prediction_and_pipeline_preprocess_a_file_alike(tmp_path):
+  # prediction.read_image (PIL) and the input pipeline's PNG decoding both end in network_input.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from keypointnet_tf import prediction  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  pixels = rng.integers(0, 256, size=(48, 80, 4), dtype=np.uint8)
+  Image.fromarray(pixels, "RGBA").save(tmp_path / "x.png")
+  image, size = prediction.read_image(str(tmp_path / "x.png"), 32)
+  decoded = tf.io.decode_png(tf.io.read_file(str(tmp_path / "x.png")), channels=4)
+  assert size == (48, 80)
+  np.testing.assert_allclose(image, model_lib.network_input(decoded, 32).numpy(), atol=1e-6)

@@ -212,7 +212,7 @@ _PER_REPLICA_CLIP_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from keypointnet_tf import config as config_lib, input_pipeline, model as model_lib, training
+    from keypointnet_tf import config as config_lib, distribute, input_pipeline, model as model_lib, training
     data_dir, name = sys.argv[1:3]
     source = input_pipeline.find_tfds_dir(data_dir, name)
     batch = next(iter(input_pipeline.make_dataset(source, "train", 8, image_size=32, deterministic=True)))
@@ -246,7 +246,7 @@ _PER_REPLICA_CLIP_SCRIPT = textwrap.dedent("""
       by_hand = {True: [(a + b) / 2 for a, b in zip(*clipped)],
                  False: tf.clip_by_global_norm([(a + b) / 2 for a, b in zip(*halves)], clip)[0]}
       step_fn = training.build_train_step(net, optimizer, strategy, config, generator, step_var, non_finite)
-      distributed = training._distribute(strategy, tf.data.Dataset.from_tensors(batch), 8)
+      distributed = distribute.distribute_batches(strategy, tf.data.Dataset.from_tensors(batch), 8)
       step_fn(next(iter(distributed)))
       applied = np.concatenate([(b - a.numpy()).ravel() for a, b in zip(net.trainable_variables, before)])
       out[str(per_replica)] = {
