@@ -1,8 +1,9 @@
 """Packaging for keypointnet-tf.
 
-Two packages are installed: `keypointnet_tf` (the library) and `keypointnet_datasets` (the TFDS builder that
-lives in the `datasets/` folder; it is installed under its own name because a top-level `datasets` package
-would collide with Hugging Face's `datasets`).
+Three packages are installed: `keypointnet_tf` (the library: the paper's method and what the presets use),
+`keypointnet_datasets` (the TFDS builder that lives in the `datasets/` folder; it is installed under its own name
+because a top-level `datasets` package would collide with Hugging Face's `datasets`) and `keypointnet_research`
+(the `research/` folder: loss variants, the reproduction driver and report, the recipe trials).
 """
 
 import setuptools
@@ -12,8 +13,8 @@ setuptools.setup(
     version="0.1.0",
     description="KeypointNet (Suwajanakorn et al., NeurIPS 2018) in TensorFlow 2 / Keras 3",
     python_requires=">=3.11",
-    packages=["keypointnet_tf", "keypointnet_datasets", "keypointnet_datasets.shapenet_pairs"],
-    package_dir={"keypointnet_datasets": "datasets"},
+    packages=["keypointnet_tf", "keypointnet_datasets", "keypointnet_datasets.shapenet_pairs", "keypointnet_research"],
+    package_dir={"keypointnet_datasets": "datasets", "keypointnet_research": "research"},
     include_package_data=True,
     package_data={"keypointnet_datasets.shapenet_pairs": [
         "*.md", "*.bib", "*.txt", "*.tsv", "dummy_data/*", "dummy_data/**/*"],

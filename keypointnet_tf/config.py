@@ -6,6 +6,8 @@ listed in docs/deviations.md. The objects are frozen dataclasses: derive variant
 """
 
 import dataclasses
+import json
+import os
 import re
 
 
@@ -36,9 +38,6 @@ class LossWeights:
   # Not in the paper (0 there): the anchored preset's warm-up anchor, see `losses.anchor_loss`. Its weight decays
   # linearly to 0 at TrainConfig.anchor_steps.
   anchor: float = 0.0
-  # Not in the paper (0 there): depth-free consistency of the triangulated keypoints, see
-  # `losses.triangulation_loss` (a label-free research variant, reproduction/trials.md).
-  triangulation: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +47,9 @@ class LossConfig:
   weights: LossWeights = LossWeights()
   separation_delta: float = 0.05  # Threshold on the *squared* distance (min distance ~0.224 units).
   pose_noise_stddev: float = 0.1  # Gaussian noise (object units) added to both keypoint sets.
-  # Not in the paper (False there): measure the separation between keypoints in the image plane (their (u, v) lifted
-  # to the keypoints' mean depth) instead of in camera space, where the depth head can satisfy it by spreading
-  # keypoints along the viewing ray (reproduction/trials.md).
-  separation_in_image: bool = False
+  # Not in the paper (empty there): ((name, weight), ...) of loss terms registered with `losses.register_term`
+  # (the research variants of keypointnet_research.losses), each added to the total with its weight.
+  extra_terms: tuple = ()
   # Not in the paper (0 there): the silhouette and variance weights rise linearly from 0 at step 0 to their full
   # value at this step, so the pose and consistency losses act alone at first (reproduction/trials.md, the
   # silhouette warm-up trials). 0: full weights from the start.
@@ -173,18 +171,31 @@ def cpu_anchor_preset(category="planes"):
                              anchor_steps=4000)
 
 
-SCHEDULE_FIELDS = ("anneal_start", "anneal_end", "anchor_steps")  # Step numbers that a run's length scales.
+# Step numbers that a run's length scales (silhouette_warmup_steps is LossConfig's, the others TrainConfig's).
+SCHEDULE_FIELDS = ("anneal_start", "anneal_end", "anchor_steps", "silhouette_warmup_steps")
+
+
+def _schedule(config, name):
+  return config.loss.silhouette_warmup_steps if name == "silhouette_warmup_steps" else getattr(config, name)
+
+
+def _with_schedules(config, **values):
+  """dataclasses.replace for schedule fields, silhouette_warmup_steps going into the loss config."""
+  if "silhouette_warmup_steps" in values:
+    config = dataclasses.replace(config, loss=dataclasses.replace(
+        config.loss, silhouette_warmup_steps=values.pop("silhouette_warmup_steps")))
+  return dataclasses.replace(config, **values)
 
 
 def fit_schedules(config, steps, explicit=()):
   """`config` with `steps` total steps and its schedules ending within them.
 
-  The orientation flag's anneal must end (the predicted flag is what evaluation uses) and the anchor must decay to 0
-  (else the run ends with two supervised landmarks) before the last step. When they already do, only `steps`
-  changes. Otherwise the schedule fields not named in `explicit` are scaled by steps / config.steps (so
-  `--steps=2000` with the anchored CPU preset anneals the flag over steps 750-1500 and ends the anchor at 1,000), and an
-  explicit one that still ends after the last step is refused. Supervised runs use the ground-truth flag and no
-  anchor, so their schedules are left alone.
+  The orientation flag's anneal must end (the predicted flag is what evaluation uses), the anchor must decay to 0
+  (else the run ends with two supervised landmarks) and the silhouette warm-up must reach the full weights before
+  the last step. When they already do, only `steps` changes. Otherwise the schedule fields not named in `explicit`
+  are scaled by steps / config.steps (so `--steps=2000` with the anchored CPU preset anneals the flag over steps
+  750-1500 and ends the anchor at 1,000), and an explicit one that still ends after the last step is refused.
+  Supervised runs use the ground-truth flag and no anchor, so their schedules are left alone.
 
   Args:
     config: TrainConfig.
@@ -195,21 +206,34 @@ def fit_schedules(config, steps, explicit=()):
   Raises:
     ValueError: an explicit schedule ends after `steps`, with what to pass instead.
   """
-  ends = {"anneal_end": config.anneal_end, "anchor_steps": config.anchor_steps if config.loss.weights.anchor else 0}
-  if config.supervised or all(end <= steps for end in ends.values()):
+  def ends(c):
+    return {"anneal_end": c.anneal_end, "anchor_steps": c.anchor_steps if c.loss.weights.anchor else 0,
+            "silhouette_warmup_steps": c.loss.silhouette_warmup_steps}
+
+  if config.supervised or all(end <= steps for end in ends(config).values()):
     return dataclasses.replace(config, steps=steps)
   scale = steps / config.steps
-  values = {name: max(1, round(getattr(config, name) * scale)) for name in SCHEDULE_FIELDS if name not in explicit}
-  fitted = dataclasses.replace(config, steps=steps, **values)
-  late = [f"{name}={getattr(fitted, name)}" for name in ends
-          if name in explicit and getattr(fitted, name) > steps and (name != "anchor_steps" or ends[name])]
+  values = {name: max(1, round(_schedule(config, name) * scale)) if _schedule(config, name) else 0
+            for name in SCHEDULE_FIELDS if name not in explicit}
+  fitted = _with_schedules(dataclasses.replace(config, steps=steps), **values)
+  late = [f"{name}={end}" for name, end in ends(fitted).items() if name in explicit and end > steps]
   if late:
     raise ValueError(f"{', '.join(late)} ends after the last step ({steps}): the run would finish before the "
-                     "orientation flag is annealed to the predicted one (what evaluation uses) or before the anchor "
-                     f"has decayed. Pass values <= {steps}, or leave them out to scale the preset's schedules.")
+                     "orientation flag is annealed to the predicted one (what evaluation uses), before the anchor "
+                     "has decayed or before the silhouette warm-up reaches the full weights. Pass values <= "
+                     f"{steps}, or leave them out to scale the preset's schedules.")
   if fitted.anneal_start > fitted.anneal_end:
     raise ValueError(f"anneal_start={fitted.anneal_start} is after anneal_end={fitted.anneal_end}.")
   return fitted
+
+
+def plan_run(config, steps, explicit=(), saved=None):
+  """The config a run trains with: a new run's schedules fitted to `steps` (fit_schedules); a resumed run keeps
+  the schedules it was started with (`saved`, its TrainConfig), except those the user set (`explicit`)."""
+  if saved is None:
+    return fit_schedules(config, steps, explicit)
+  kept = {name: _schedule(saved, name) for name in SCHEDULE_FIELDS if name not in explicit}
+  return _with_schedules(dataclasses.replace(config, steps=steps), **kept)
 
 
 PRESETS = ("auto", "cpu", "cpu_anchor", "paper")
@@ -263,8 +287,9 @@ def method_name(config):
                and getattr(config.loss.weights, field.name) != getattr(paper.weights, field.name)]
     for field in dataclasses.fields(LossConfig):
       value = getattr(config.loss, field.name)
-      if field.name != "weights" and value != getattr(paper, field.name):
+      if field.name not in ("weights", "extra_terms") and value != getattr(paper, field.name):
         changes.append(field.name if isinstance(value, bool) else f"{field.name} {value:g}")
+    changes += [f"{name} {weight:g}" for name, weight in config.loss.extra_terms]
     if config.lr_decay_fraction:
       changes.append(f"lr_decay_fraction {config.lr_decay_fraction:g}")
     if changes:
@@ -272,3 +297,108 @@ def method_name(config):
   if config.orientation_from:
     name += " with pretrained O-Net"
   return name
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Validation, serialisation and the resume rule: the one place that decides them.
+# ------------------------------------------------------------------------------------------------------------
+
+# Fields that may differ between a run and its resumption (they do not change what is being trained).
+RESUMABLE_FIELDS = ("steps", "model_dir", "data_dir", "log_every", "image_summary_every", "checkpoint_every",
+                    "checkpoint_every_secs", "keep_checkpoints", "strategy", "jit_compile", "released_dir",
+                    "validate_every", "validate_pairs", "worker_timeout_secs")
+# ModelConfig fields that choose how the same network is computed (model.DILATED_CONV_IMPLS), not what is trained.
+IMPLEMENTATION_FIELDS = ("dilated_conv", "fused_batch_norm")
+
+
+def resolve(config):
+  """`config` with its derived defaults filled in (model_dir, dataset_config), after validating it.
+
+  Raises:
+    ValueError: a setting out of range, with the value received.
+  """
+  check_category(config.category)
+  for name in ("steps", "batch_size", "image_size", "log_every", "checkpoint_every", "validate_pairs"):
+    if getattr(config, name) < 1:
+      raise ValueError(f"{name} must be positive. Received: {name}={getattr(config, name)}")
+  if not config.learning_rate > 0:
+    raise ValueError(f"learning_rate must be positive. Received: learning_rate={config.learning_rate}")
+  if not 0 <= config.lr_decay_fraction <= 1:
+    raise ValueError("lr_decay_fraction must be in [0, 1] (0: a constant rate, as the paper). Received: "
+                     f"lr_decay_fraction={config.lr_decay_fraction}")
+  if config.loss.silhouette_warmup_steps < 0:
+    raise ValueError("silhouette_warmup_steps must be 0 (no warm-up) or positive. Received: "
+                     f"silhouette_warmup_steps={config.loss.silhouette_warmup_steps}")
+  if config.loss.weights.anchor and not config.supervised:
+    if config.anchor_steps < 1:
+      raise ValueError("The anchor loss (anchor weight > 0) needs anchor_steps >= 1, the step where its weight "
+                       f"has decayed to 0. Received: anchor_steps={config.anchor_steps}")
+    if config.model.num_keypoints < 2:
+      raise ValueError("The anchor loss ties keypoints 0 and 1 to the orientation targets, so it needs "
+                       f"num_keypoints >= 2. Received: num_keypoints={config.model.num_keypoints}; set the "
+                       "anchor weight to 0 instead.")
+  return dataclasses.replace(
+      config,
+      model_dir=config.model_dir or os.path.join("runs", config.category),
+      dataset_config=config.dataset_config or config.category)
+
+
+def to_dict(config):
+  """TrainConfig -> JSON-ready dict (nested dicts for the model and loss), as config.json stores it."""
+  return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(values):
+  """Inverse of to_dict. Fields missing from `values` (added since it was written) get their defaults, and the
+  research variants that used to be fields become the same terms by name (LossConfig.extra_terms)."""
+  values = dict(values)
+  values["model"] = ModelConfig(**values["model"])
+  loss = dict(values["loss"])
+  weights = dict(loss["weights"])
+  extra = [tuple(term) for term in loss.get("extra_terms", ())]
+  triangulation = weights.pop("triangulation", 0.0)
+  if triangulation:
+    extra.append(("triangulation", triangulation))
+  if loss.pop("separation_in_image", False):
+    extra.append(("image_separation", weights["separation"]))
+    weights["separation"] = 0.0
+  loss["weights"] = LossWeights(**weights)
+  loss["extra_terms"] = tuple(extra)
+  values["loss"] = LossConfig(**loss)
+  return TrainConfig(**values)
+
+
+def settings(config, ignore=RESUMABLE_FIELDS):
+  """What a run trains, as a dict: `config` (a TrainConfig or a config.json dict) without the fields in `ignore`
+  and the model's implementation fields. Equal settings train the same network on the same data the same way."""
+  values = to_dict(config if isinstance(config, TrainConfig) else from_dict(config))
+  values = {k: v for k, v in values.items() if k not in ignore}
+  values["model"] = {k: v for k, v in values["model"].items() if k not in IMPLEMENTATION_FIELDS}
+  return values
+
+
+def resume_conflicts(saved, config):
+  """{field: (saved value, new value)} for each setting a resumption may not change (empty: it may resume).
+
+  Args:
+    saved: the run's config.json dict (or a TrainConfig).
+    config: the TrainConfig it would resume with.
+  """
+  theirs, mine = settings(saved), settings(config)
+  return {key: (theirs.get(key), value) for key, value in mine.items() if theirs.get(key) != value}
+
+
+def same_training(a, b, compare_steps=True):
+  """Whether two configs (TrainConfigs or config.json dicts) train the same thing: equal settings, and with
+  `compare_steps` the same number of steps (a stored result of another length is another result)."""
+  ignore = [name for name in RESUMABLE_FIELDS if not (compare_steps and name == "steps")]
+  return settings(a, ignore) == settings(b, ignore)
+
+
+def with_anchor(config, weight=1.0):
+  """`config` with the axis-anchor warm-up (not in the paper) at `weight`; a config without an anchor schedule
+  gets one that decays to 0 at half its steps."""
+  anchor_steps = config.anchor_steps or max(config.steps // 2, 1)
+  return dataclasses.replace(config, anchor_steps=anchor_steps,
+                             loss=dataclasses.replace(config.loss, weights=dataclasses.replace(config.loss.weights,
+                                                                                               anchor=weight)))

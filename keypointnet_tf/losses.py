@@ -6,6 +6,7 @@ shapes of the tensors it is given, never a configured batch size (the TF1 separa
 --batch_size flag; with a full batch the two agree).
 """
 
+import dataclasses
 import math
 
 import tensorflow as tf
@@ -36,30 +37,6 @@ def consistency_loss(uvz0, uvz1, mv0, mvi0, mv1, mvi1, focal):
   """
   return (_reprojection_error(uvz0, uvz1[..., :2], mvi0, mv1, focal) +
           _reprojection_error(uvz1, uvz0[..., :2], mvi1, mv0, focal))
-
-
-def triangulation_loss(uv0, uv1, mv0, mvi0, mv1, mvi1, focal):
-  """Depth-free multi-view consistency (not in the paper): reprojection error of the triangulated keypoints.
-
-  Each keypoint's two image positions are triangulated with the known relative pose
-  (`geometry.triangulate_midpoint`) and the point is projected back into both views. The error is zero exactly
-  when the two positions are images of one 3D point (they satisfy the epipolar constraint), whatever depth the
-  network predicts; the paper's consistency loss lifts each keypoint with its predicted depth instead, so a
-  keypoint that follows a part in both images still costs as much as its depth is wrong. Uses only the relative
-  pose, like the paper's consistency loss.
-
-  Args:
-    uv0, uv1: [B, K, 2] float. Predicted keypoints (NDC) in views 0 and 1.
-    mv0, mvi0, mv1, mvi1: [B, 4, 4] float. Object-to-camera matrices and their inverses.
-    focal: float, [] or [B]. NDC focal length.
-  Returns:
-    [] float. Sum over the two views of mean_b sum_i (1/K) |error_i|^2, in NDC^2 (the consistency loss's
-    normalisation).
-  """
-  xyz1 = geometry.triangulate_midpoint(uv0, uv1, mvi0, mv1, focal)  # [B, K, 3] camera 1
-  xyz0 = geometry.transform_points(mv0, geometry.transform_points(mvi1, xyz1))  # [B, K, 3] camera 0
-  return tf.add_n([tf.reduce_mean(tf.reduce_sum(tf.square(geometry.project(xyz, focal)[..., :2] - uv), axis=-1))
-                   for xyz, uv in ((xyz0, uv0), (xyz1, uv1))])
 
 
 def add_pose_noise(xyz0, xyz1, noise_stddev, generator):
@@ -191,19 +168,17 @@ def anchor_loss(uv, mv, focal):
   return orientation_loss(uv[:, :2], mv, focal)
 
 
-def image_plane_points(uv, z, focal):
-  """Keypoints lifted to their mean depth: where they would be if all lay in one plane facing the camera.
+# Loss terms that are not the paper's, registered by name (the research package registers its variants). A term
+# is a function (outputs0, outputs1, batch, loss_config) -> [] float; LossConfig.extra_terms names the registered
+# terms a run adds to the total, with their weights.
+_EXTRA_TERMS = {}
 
-  Args:
-    uv: [B, K, 2] float. NDC positions.
-    z: [B, K] float. Predicted camera z; only its per-example mean is used, without gradient.
-    focal: float, [] or [B]. NDC focal length.
-  Returns:
-    [B, K, 3] float. Camera-space points whose pairwise distances are the image distances in object units at
-    the keypoints' depth.
-  """
-  depth = tf.stop_gradient(tf.reduce_mean(z, axis=1, keepdims=True))  # [B, 1]
-  return geometry.unproject(tf.concat([uv, tf.broadcast_to(depth, tf.shape(z))[..., tf.newaxis]], -1), focal)
+
+def register_term(name, term):
+  """Makes `term` available to LossConfig.extra_terms under `name` (e.g. keypointnet_research.losses)."""
+  if name in _EXTRA_TERMS and _EXTRA_TERMS[name] is not term:
+    raise ValueError(f"A loss term named {name!r} is already registered.")
+  _EXTRA_TERMS[name] = term
 
 
 def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), generator=None, anchor_scale=1.0,
@@ -221,38 +196,38 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     silhouette_scale: float or [] tensor. Factor on the silhouette and variance weights (their warm-up).
   Returns:
     dict of [] float32: "total", the six weighted terms' raw values "pose", "consistency", "separation",
-    "silhouette", "orientation", "variance", plus "chordal" (logged only) and, when the anchor weight is not
-    0, "anchor"; when the triangulation weight is not 0, "triangulation".
+    "silhouette", "orientation", "variance", plus "chordal" (logged only), "anchor" when the anchor weight is not
+    0, and each of loss_config.extra_terms by its name.
+  Raises:
+    ValueError: an extra term that is not registered (the message says which module registers research terms).
   """
   focal = batch["focal"]
   views = ((outputs0, batch["image0"], batch["mv0"]), (outputs1, batch["image1"], batch["mv1"]))
   xyz = [geometry.unproject(tf.cast(out["uvz"], tf.float32), focal) for out, _, _ in views]
-  separated = xyz  # the points the separation loss spreads: camera space (paper) or the image plane
-  if loss_config.separation_in_image:
-    separated = [image_plane_points(tf.cast(out["uv"], tf.float32), tf.cast(out["z"], tf.float32), focal)
-                 for out, _, _ in views]
   pose = pose_loss(xyz[0], xyz[1], geometry.relative_rotation(batch["mv0"], batch["mv1"]),
                    loss_config.pose_noise_stddev, generator)
   terms = {
       "pose": pose["angular"],
       "consistency": consistency_loss(outputs0["uvz"], outputs1["uvz"], batch["mv0"], batch["mvi0"],
                                       batch["mv1"], batch["mvi1"], focal),
-      "separation": tf.add_n([separation_loss(x, loss_config.separation_delta) for x in separated]),
+      "separation": tf.add_n([separation_loss(x, loss_config.separation_delta) for x in xyz]),
       "silhouette": tf.add_n([silhouette_loss(out["prob"], image[..., 3] > 0) for out, image, _ in views]),
       "orientation": tf.add_n([orientation_loss(out["orientation"], mv, focal) for out, _, mv in views]),
       "variance": tf.add_n([variance_loss(out["prob"], out["uv"]) for out, _, _ in views]),
   }
-  weights = loss_config.weights
-  if weights.anchor:
+  weights = dataclasses.asdict(loss_config.weights)
+  if weights["anchor"]:
     terms["anchor"] = tf.add_n([anchor_loss(out["uv"], mv, focal) for out, _, mv in views])
-  if weights.triangulation:
-    terms["triangulation"] = triangulation_loss(outputs0["uv"], outputs1["uv"], batch["mv0"], batch["mvi0"],
-                                                batch["mv1"], batch["mvi1"], focal)
+  for name, weight in loss_config.extra_terms:
+    if name not in _EXTRA_TERMS:
+      raise ValueError(f"Unknown loss term {name!r} in extra_terms; registered: {sorted(_EXTRA_TERMS)}. Research "
+                       "terms are registered by importing keypointnet_research.losses.")
+    terms[name] = _EXTRA_TERMS[name](outputs0, outputs1, batch, loss_config)
+    weights[name] = weight
   terms = {name: tf.cast(value, tf.float32) for name, value in terms.items()}
   silhouette_scale = tf.cast(silhouette_scale, tf.float32)
   scales = {"anchor": tf.cast(anchor_scale, tf.float32), "silhouette": silhouette_scale, "variance": silhouette_scale}
-  terms["total"] = tf.add_n([getattr(weights, name) * scales.get(name, 1.0) * value
-                             for name, value in terms.items()])
+  terms["total"] = tf.add_n([weights[name] * scales.get(name, 1.0) * value for name, value in terms.items()])
   terms["chordal"] = tf.cast(pose["chordal"], tf.float32)
   return terms
 

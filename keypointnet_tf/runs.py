@@ -31,28 +31,13 @@ class RunError(RuntimeError):
   """A run that cannot be loaded, started or continued, with a message that says what to do."""
 
 
-def config_to_dict(config):
-  """TrainConfig -> JSON-ready dict (nested dicts for the model and loss)."""
-  return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def config_from_dict(values):
-  """Inverse of config_to_dict; fields missing from `values` (added since it was written) get their defaults."""
-  values = dict(values)
-  values["model"] = config_lib.ModelConfig(**values["model"])
-  loss = dict(values["loss"])
-  loss["weights"] = config_lib.LossWeights(**loss["weights"])
-  values["loss"] = config_lib.LossConfig(**loss)
-  return config_lib.TrainConfig(**values)
-
-
 def load_config(model_dir):
   """The resolved TrainConfig saved beside a run's checkpoints."""
   path = os.path.join(model_dir, CONFIG_FILE)
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path} not found: {model_dir} is not a training run directory.")
   with tf.io.gfile.GFile(path) as f:
-    return config_from_dict(json.load(f))
+    return config_lib.from_dict(json.load(f))
 
 
 def checkpoint_dir(model_dir):
@@ -157,7 +142,7 @@ def write_pretrained(model_dir, target, info):
   manager.save(checkpoint_number=step)
   config = dataclasses.replace(run_config, model_dir="", data_dir="")
   with tf.io.gfile.GFile(os.path.join(tmp, CONFIG_FILE), "w") as f:
-    json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+    json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
   with tf.io.gfile.GFile(os.path.join(tmp, PRETRAINED_INFO), "w") as f:
     json.dump({"step": step, **info}, f, indent=2, sort_keys=True)
   if tf.io.gfile.exists(target):

@@ -26,24 +26,6 @@ from keypointnet_tf import losses
 from keypointnet_tf import model as model_lib
 from keypointnet_tf import runs
 from keypointnet_tf import visualization
-# Fields that may differ between a run and its resumption (they do not change what is being trained).
-RESUMABLE_FIELDS = ("steps", "model_dir", "data_dir", "log_every", "image_summary_every", "checkpoint_every",
-                     "checkpoint_every_secs", "keep_checkpoints", "strategy", "jit_compile", "released_dir",
-                     "validate_every", "validate_pairs", "worker_timeout_secs")
-# ModelConfig fields that choose how the same network is computed (model.DILATED_CONV_IMPLS), not what is trained.
-IMPLEMENTATION_FIELDS = ("dilated_conv", "fused_batch_norm")
-
-
-def training_settings(config_dict, ignore=RESUMABLE_FIELDS):
-  """A config dict without the fields in `ignore` and without the model's implementation fields.
-
-  Two runs whose training_settings are equal train the same network on the same data with the same recipe.
-  """
-  settings = {k: v for k, v in config_dict.items() if k not in ignore}
-  if isinstance(settings.get("model"), dict):
-    settings["model"] = {k: v for k, v in settings["model"].items() if k not in IMPLEMENTATION_FIELDS}
-  return settings
-
 
 class TrainingError(runs.RunError):
   """A run that cannot start or continue, with a message that says what to do."""
@@ -109,34 +91,6 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
             "decay_fraction": self.decay_fraction}
 
 
-def resolve(config):
-  """Fills in derived defaults (model_dir, dataset_config) and validates the config."""
-  config_lib.check_category(config.category)
-  for name in ("steps", "batch_size", "image_size", "log_every", "checkpoint_every", "validate_pairs"):
-    if getattr(config, name) < 1:
-      raise ValueError(f"{name} must be positive. Received: {name}={getattr(config, name)}")
-  if not config.learning_rate > 0:
-    raise ValueError(f"learning_rate must be positive. Received: learning_rate={config.learning_rate}")
-  if not 0 <= config.lr_decay_fraction <= 1:
-    raise ValueError("lr_decay_fraction must be in [0, 1] (0: a constant rate, as the paper). Received: "
-                     f"lr_decay_fraction={config.lr_decay_fraction}")
-  if config.loss.silhouette_warmup_steps < 0:
-    raise ValueError("silhouette_warmup_steps must be 0 (no warm-up) or positive. Received: "
-                     f"silhouette_warmup_steps={config.loss.silhouette_warmup_steps}")
-  if config.loss.weights.anchor and not config.supervised:
-    if config.anchor_steps < 1:
-      raise ValueError("The anchor loss (anchor weight > 0) needs anchor_steps >= 1, the step where its weight "
-                       f"has decayed to 0. Received: anchor_steps={config.anchor_steps}")
-    if config.model.num_keypoints < 2:
-      raise ValueError("The anchor loss ties keypoints 0 and 1 to the orientation targets, so it needs "
-                       f"num_keypoints >= 2. Received: num_keypoints={config.model.num_keypoints}; set the "
-                       "anchor weight to 0 instead.")
-  return dataclasses.replace(
-      config,
-      model_dir=config.model_dir or os.path.join("runs", config.category),
-      dataset_config=config.dataset_config or config.category)
-
-
 def _write_or_check_config(config, write_dir):
   """Writes config.json for a new run; for an existing one, refuses conflicting settings.
 
@@ -145,13 +99,11 @@ def _write_or_check_config(config, write_dir):
     write_dir: where this process writes (the run directory, or a non-chief worker's own folder).
   """
   path = os.path.join(write_dir, runs.CONFIG_FILE)
-  current = runs.config_to_dict(config)
+  current = config_lib.to_dict(config)
   has_checkpoint = tf.train.latest_checkpoint(runs.checkpoint_dir(write_dir)) is not None
   if has_checkpoint and tf.io.gfile.exists(path):  # a run that never saved can be restarted with any settings
     with tf.io.gfile.GFile(path) as f:
-      saved = runs.config_to_dict(runs.config_from_dict(json.load(f)))  # fields added since get their defaults
-    mine, theirs = training_settings(current), training_settings(saved)
-    conflicts = {key: (theirs.get(key), value) for key, value in mine.items() if theirs.get(key) != value}
+      conflicts = config_lib.resume_conflicts(json.load(f), config)
     if conflicts:
       lines = "\n".join(f"  {key}: saved {old!r}, now {new!r}" for key, (old, new) in sorted(conflicts.items()))
       raise TrainingError(
@@ -544,7 +496,7 @@ def set_up(config, dataset=None, validation_dataset=None, build_data=None):
   Raises:
     TrainingError: bad settings, a conflicting earlier run, or a checkpoint that does not match the model.
   """
-  config = resolve(config)
+  config = config_lib.resolve(config)
   # First: a multi-worker strategy must exist before anything starts TensorFlow's runtime.
   strategy = distribute.make_strategy(config.strategy, config.worker_timeout_secs)
   if config.mixed_precision:

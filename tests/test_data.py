@@ -529,7 +529,7 @@ def test_user_meshes_build_train_and_evaluate_without_a_category(tmp_path):
   # The reproduction trains KeypointNet, the anchored variant and row c on it; there is nothing for a supervised
   # baseline (rows a and b).
   from keypointnet_tf import config as config_lib  # pylint: disable=g-import-not-at-top
-  from keypointnet_tf import reproduction  # pylint: disable=g-import-not-at-top
+  from keypointnet_research import reproduction  # pylint: disable=g-import-not-at-top
   base = dataclasses.replace(config_lib.cpu_preset("arrows"), data_dir=str(data_dir))
   assert base.dataset_config == "arrows"
   assert list(reproduction.method_configs(base, str(tmp_path / "reproduce"))) == [

@@ -245,82 +245,31 @@ def test_total_loss_weights_and_keys():
                                                   w.variance * terms["variance"].numpy()), rtol=1e-5)
 
 
-def _numpy_triangulation_loss(uv0, uv1, mv0, mv1):
-  """Midpoint triangulation by least squares in object space, then reprojection error (loops, float64)."""
-  total = np.zeros(2)
-  batch, num_kp = uv0.shape[:2]
-  for b in range(batch):
-    rays = []
-    for uv, mv in ((uv0[b], mv0[b]), (uv1[b], mv1[b])):
-      inverse = np.linalg.inv(mv)
-      centre = inverse[:3, 3]
-      directions = [inverse[:3, :3] @ np.array([u / FOCAL, v / FOCAL, -1.0]) for u, v in uv]
-      rays.append((centre, directions))
-    for k in range(num_kp):
-      (c0, d0), (c1, d1) = (rays[0][0], rays[0][1][k]), (rays[1][0], rays[1][1][k])
-      (s, t), *_ = np.linalg.lstsq(np.stack([d0, -d1], axis=1), c1 - c0, rcond=None)
-      point = 0.5 * (c0 + s * d0 + c1 + t * d1)  # object space
-      for view, (uv, mv) in enumerate(((uv0, mv0), (uv1, mv1))):
-        cam = mv[b, :3, :3] @ point + mv[b, :3, 3]
-        total[view] += np.sum((np.array([-FOCAL * cam[0] / cam[2], -FOCAL * cam[1] / cam[2]]) - uv[b, k]) ** 2)
-  return float(total.sum() / (batch * num_kp))
-
-
-def test_triangulation_loss_matches_numpy_and_ignores_depth():
-  rng = np.random.default_rng(5)
-  mv0, mvi0, mv1, mvi1 = _random_cameras(rng, 4)
-  points = rng.uniform(-1, 1, size=(4, 6, 3))
-  uvz0, uvz1 = _views_of(points, mv0), _views_of(points, mv1)
-  # Images of the same 3D points: zero, and the triangulated points are those points (in camera 1).
-  exact = losses.triangulation_loss(uvz0[..., :2], uvz1[..., :2], mv0, mvi0, mv1, mvi1, FOCAL).numpy()
-  assert exact < 1e-9
-  triangulated = geometry.triangulate_midpoint(uvz0[..., :2].astype(np.float64), uvz1[..., :2], mvi0, mv1, FOCAL)
-  np.testing.assert_allclose(triangulated.numpy(), np.einsum("bij,bkj->bki", mv1[:, :3, :3], points)
-                             + mv1[:, None, :3, 3], atol=1e-6)
-  # Perturbed positions: the NumPy least-squares midpoint gives the same loss.
-  uv0 = uvz0[..., :2] + rng.normal(scale=0.05, size=uvz0[..., :2].shape)
-  uv1 = uvz1[..., :2] + rng.normal(scale=0.05, size=uvz1[..., :2].shape)
-  value = losses.triangulation_loss(uv0, uv1, mv0, mvi0, mv1, mvi1, FOCAL).numpy()
-  assert value > 1e-4
-  np.testing.assert_allclose(value, _numpy_triangulation_loss(uv0, uv1, mv0, mv1), rtol=1e-6)
-
-
-def test_total_loss_adds_triangulation_only_when_weighted():
+def test_extra_terms_are_registered_by_name_and_unknown_ones_refused():
   rng = np.random.default_rng(6)
   mv0, mvi0, mv1, mvi1 = _random_cameras(rng, 2)
   points = rng.uniform(-1, 1, size=(2, 4, 3))
-
-  def outputs(mv):
-    uvz = tf.constant(_views_of(points, mv), tf.float32)
-    prob = tf.fill([2, 4, 8, 8], 1.0 / 64)
-    return {"uv": uvz[..., :2], "z": uvz[..., 2], "uvz": uvz, "prob": prob, "orientation": tf.zeros([2, 2, 2])}
-
-  batch = {"image0": tf.ones([2, 8, 8, 4]), "image1": tf.ones([2, 8, 8, 4]), "mv0": mv0, "mvi0": mvi0,
-           "mv1": mv1, "mvi1": mvi1, "focal": tf.fill([2], FOCAL)}
-  batch = {k: tf.cast(v, tf.float32) for k, v in batch.items()}
-  plain = losses.total_loss(outputs(mv0), outputs(mv1), batch, config.LossConfig(pose_noise_stddev=0.0))
-  assert "triangulation" not in plain
-  weights = config.LossWeights(triangulation=2.0)
-  shifted = outputs(mv1)
-  shifted["uv"] = shifted["uv"] + 0.1
-  with_term = losses.total_loss(outputs(mv0), shifted, batch, config.LossConfig(weights=weights,
-                                                                                 pose_noise_stddev=0.0))
-  without = losses.total_loss(outputs(mv0), shifted, batch, config.LossConfig(pose_noise_stddev=0.0))
-  assert with_term["triangulation"] > 0
-  np.testing.assert_allclose(with_term["total"], without["total"] + 2.0 * with_term["triangulation"], rtol=1e-5)
+  outputs = [_outputs_of(points, mv) for mv in (mv0, mv1)]
+  batch = _batch_of(mv0, mvi0, mv1, mvi1)
+  losses.register_term("test_constant", lambda o0, o1, b, c: tf.constant(0.25))
+  plain = losses.total_loss(*outputs, batch, config.LossConfig(pose_noise_stddev=0.0))
+  extra = losses.total_loss(*outputs, batch, config.LossConfig(pose_noise_stddev=0.0,
+                                                               extra_terms=(("test_constant", 2.0),)))
+  assert "test_constant" not in plain and extra["test_constant"].numpy() == pytest.approx(0.25)
+  np.testing.assert_allclose(extra["total"], plain["total"] + 0.5, rtol=1e-6)
+  with pytest.raises(ValueError, match="Unknown loss term 'nonesuch'.*keypointnet_research.losses"):
+    losses.total_loss(*outputs, batch, config.LossConfig(pose_noise_stddev=0.0, extra_terms=(("nonesuch", 1.0),)))
 
 
-def test_image_plane_separation_ignores_depth_spread():
-  # Ten keypoints on one image point, spread 0.3 units apart along the viewing ray: camera-space separation is
-  # satisfied (0.09 > 0.05), image-plane separation charges every pair the full delta.
-  uv = np.zeros((1, 10, 2), np.float32)
-  z = (-30.0 + 0.3 * np.arange(10, dtype=np.float32))[None]
-  camera = geometry.unproject(np.concatenate([uv, z[..., None]], -1), FOCAL)
-  assert losses.separation_loss(camera, 0.05).numpy() == pytest.approx(0.05 * 10 / (2 * 10))  # diagonal only
-  flat = losses.image_plane_points(uv, z, FOCAL)
-  assert losses.separation_loss(flat, 0.05).numpy() == pytest.approx(0.05 * 100 / (2 * 10))
-  # Image distances become object units at the mean depth: 0.1 NDC apart at depth 28.65 is 0.1 * 28.65 / f.
-  uv2 = np.array([[[0.0, 0.0], [0.1, 0.0]]], np.float32)
-  points = losses.image_plane_points(uv2, np.array([[-28.0, -29.3]], np.float32), FOCAL).numpy()
-  assert np.linalg.norm(points[0, 0] - points[0, 1]) == pytest.approx(0.1 * 28.65 / FOCAL, rel=1e-5)
-  assert np.allclose(points[..., 2], -28.65)
+def _outputs_of(points, mv):
+  """KeypointNet-like outputs whose keypoints are the exact images of `points` [B, K, 3] under `mv`."""
+  uvz = tf.constant(_views_of(points, mv), tf.float32)
+  batch, num_kp = points.shape[:2]
+  return {"uv": uvz[..., :2], "z": uvz[..., 2], "uvz": uvz, "prob": tf.fill([batch, num_kp, 8, 8], 1.0 / 64),
+          "orientation": tf.zeros([batch, 2, 2])}
+
+
+def _batch_of(mv0, mvi0, mv1, mvi1):
+  batch = {"image0": tf.ones([len(mv0), 8, 8, 4]), "image1": tf.ones([len(mv0), 8, 8, 4]), "mv0": mv0,
+           "mvi0": mvi0, "mv1": mv1, "mvi1": mvi1, "focal": tf.fill([len(mv0)], FOCAL)}
+  return {k: tf.cast(v, tf.float32) for k, v in batch.items()}

@@ -12,7 +12,7 @@ from PIL import Image
 import pytest
 
 from keypointnet_tf import config as config_lib
-from keypointnet_tf import reproduction
+from keypointnet_research import reproduction
 from keypointnet_tf import runs as runs_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,52 +39,6 @@ def test_ablations_change_only_what_they_name():
   with pytest.raises(ValueError, match="Unknown ablation"):
     reproduction.check_ablations(["no_pose", "no_such_thing"])
   assert "no_anchor" not in reproduction.ABLATIONS  # the paper's losses alone are the "KeypointNet" row itself
-
-
-def test_method_names_never_call_a_variant_keypointnet():
-  preset = config_lib.cpu_anchor_preset("planes")
-  assert preset.loss.weights.anchor > 0
-  assert config_lib.method_name(preset) == "KeypointNet + axis-anchor warm-up"
-  label_free = dataclasses.replace(preset, loss=config_lib.LossConfig())
-  assert config_lib.method_name(label_free) == "KeypointNet"
-  assert config_lib.method_name(config_lib.TrainConfig()) == "KeypointNet"
-  assert config_lib.method_name(dataclasses.replace(preset, supervised=True)) == "supervised baseline"
-  variant = dataclasses.replace(label_free, loss=config_lib.LossConfig(
-      separation_delta=0.2, weights=config_lib.LossWeights(pose=1.0)), orientation_from="runs/x")
-  assert config_lib.method_name(variant) == ("KeypointNet (variant: pose 1, separation_delta 0.2) "
-                                             "with pretrained O-Net")
-  warm_up = dataclasses.replace(label_free, loss=config_lib.LossConfig(silhouette_warmup_steps=4000))
-  assert config_lib.method_name(warm_up) == "KeypointNet (variant: silhouette_warmup_steps 4000)"
-
-
-def test_presets_by_name():
-  cpu, label = config_lib.preset("cpu", "cars", gpu_visible=False)
-  assert label == "CPU preset" and config_lib.method_name(cpu) == "KeypointNet"  # label-free: the paper's losses
-  assert cpu.loss == config_lib.LossConfig() and cpu.anchor_steps == 0 and not cpu.supervised
-  assert (cpu.dataset_config, cpu.batch_size, cpu.steps) == ("cars_small_x10", 32, 8000)
-  anchored, label = config_lib.preset("cpu_anchor", "cars", gpu_visible=False)
-  assert label == "CPU preset + axis-anchor warm-up"
-  assert config_lib.method_name(anchored) == "KeypointNet + axis-anchor warm-up"
-  # The anchor is the only difference: same data, size, budget, optimiser and flag schedule.
-  assert dataclasses.replace(anchored, loss=cpu.loss, anchor_steps=0) == cpu
-  assert config_lib.preset("auto", "planes", gpu_visible=False) == (config_lib.cpu_preset("planes"), "CPU preset")
-  assert config_lib.preset("auto", "planes", gpu_visible=True) == (config_lib.TrainConfig(category="planes"),
-                                                                   "paper recipe")
-  assert config_lib.preset("cpu", "chairs", gpu_visible=True)[0] == config_lib.cpu_preset("chairs")
-  with pytest.raises(ValueError, match="preset must be one of"):
-    config_lib.preset("fast", "planes", gpu_visible=False)
-
-
-def test_categories_of_data_sets():
-  assert [config_lib.category_of(n) for n in ("planes", "cars_small", "chairs_small_x10", "mugs", "planes2")] == [
-      "planes", "cars", "chairs", "mugs", "planes2"]
-  for good in ("mugs", "my-mugs_2"):
-    config_lib.check_category(good)
-  for bad in ("", "Mugs", "../mugs", "mugs/x", None):
-    with pytest.raises(ValueError, match="category must be one of"):
-      config_lib.check_category(bad)
-  assert config_lib.cpu_preset("mugs").dataset_config == "mugs"  # the user's data set of that name
-  assert config_lib.cpu_preset("cars").dataset_config == "cars_small_x10"
 
 
 def test_method_configs_share_one_budget(tmp_path, tiny_planes):

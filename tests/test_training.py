@@ -367,11 +367,11 @@ def test_anchor_schedule_and_validation():
   assert [float(training.anchor_scale(s, 1000)) for s in (0, 250, 500, 1000, 5000)] == [1.0, 0.75, 0.5, 0.0, 0.0]
   anchored = dataclasses.replace(config_lib.cpu_anchor_preset("planes"), anchor_steps=0)
   with pytest.raises(ValueError, match="anchor_steps"):
-    training.resolve(anchored)
+    config_lib.resolve(anchored)
   one_keypoint = dataclasses.replace(config_lib.cpu_anchor_preset("planes"),
                                      model=config_lib.ModelConfig(num_keypoints=1))
   with pytest.raises(ValueError, match="num_keypoints >= 2"):
-    training.resolve(one_keypoint)
+    config_lib.resolve(one_keypoint)
   assert config_lib.TrainConfig().loss.weights.anchor == 0.0  # the paper's recipe has no anchor
 
 
@@ -381,7 +381,7 @@ def test_silhouette_warmup_schedule_and_validation():
   negative = dataclasses.replace(config_lib.cpu_preset("planes"),
                                  loss=config_lib.LossConfig(silhouette_warmup_steps=-1))
   with pytest.raises(ValueError, match="silhouette_warmup_steps must be 0"):
-    training.resolve(negative)
+    config_lib.resolve(negative)
   assert config_lib.TrainConfig().loss.silhouette_warmup_steps == 0
 
 
@@ -397,7 +397,7 @@ def test_learning_rate_schedule_and_validation():
   for step in (0, 10, 50, 100, 500):
     assert float(rate(step)) == pytest.approx(float(reference(step)), rel=1e-5)  # float32 rounding
   with pytest.raises(ValueError, match="lr_decay_fraction must be in"):
-    training.resolve(dataclasses.replace(config_lib.cpu_preset("planes"), lr_decay_fraction=1.5))
+    config_lib.resolve(dataclasses.replace(config_lib.cpu_preset("planes"), lr_decay_fraction=1.5))
   decayed = dataclasses.replace(config_lib.cpu_preset("planes"), lr_decay_fraction=0.25)
   assert config_lib.method_name(decayed) == "KeypointNet (variant: lr_decay_fraction 0.25)"
 
@@ -611,21 +611,6 @@ def test_missing_opengl_gives_the_install_line_not_a_traceback(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # Schedules and validation.
 # ------------------------------------------------------------------------------------------------------------
-
-
-def test_schedules_fit_the_run_length():
-  preset = config_lib.cpu_anchor_preset("planes")  # 8,000 steps: anneal 3k-6k, anchor until 4k
-  short = config_lib.fit_schedules(preset, 2000)
-  assert (short.steps, short.anneal_start, short.anneal_end, short.anchor_steps) == (2000, 750, 1500, 1000)
-  longer = config_lib.fit_schedules(preset, 20000)  # already within: unchanged
-  assert (longer.anneal_start, longer.anneal_end, longer.anchor_steps) == (3000, 6000, 4000)
-  with pytest.raises(ValueError, match=r"anneal_end=6000 ends after the last step \(2000\)"):
-    config_lib.fit_schedules(preset, 2000, explicit=("anneal_start", "anneal_end"))
-  kept = config_lib.fit_schedules(dataclasses.replace(preset, anneal_start=100, anneal_end=200), 2000,
-                                  explicit=("anneal_start", "anneal_end"))
-  assert (kept.anneal_start, kept.anneal_end, kept.anchor_steps) == (100, 200, 1000)
-  supervised = config_lib.fit_schedules(dataclasses.replace(preset, supervised=True), 2000)
-  assert supervised.anneal_end == 6000  # the supervised baseline uses the ground-truth flag throughout
 
 
 def test_validation_goes_to_tensorboard_and_keeps_the_best_checkpoint(tiny_planes, tmp_path):

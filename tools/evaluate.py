@@ -25,7 +25,6 @@ from absl import flags
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import evaluation
 from keypointnet_tf import runs
-from keypointnet_tf import training
 
 _DIRS = flags.DEFINE_list("model_dirs", None, "Run directories to evaluate.", required=True)
 _NAMES = flags.DEFINE_list("names", None, "Row names (default: method name and run directory).")
@@ -65,7 +64,7 @@ def main(argv):
         if not category:
           raise ValueError("a SavedModel does not record its category: pass --category (and --dataset_config "
                            "or --released_dir for other data than the category's full set)")
-        config = training.resolve(config_lib.TrainConfig(
+        config = config_lib.resolve(config_lib.TrainConfig(
             category=category, data_dir=_DATA_DIR.value or "", released_dir=_RELEASED.value or "",
             dataset_config=_DATASET_CONFIG.value or ""))
         category = config.category

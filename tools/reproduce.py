@@ -26,7 +26,7 @@ from absl import flags
 import tensorflow as tf
 
 from keypointnet_tf import config as config_lib
-from keypointnet_tf import reproduction
+from keypointnet_research import reproduction
 from keypointnet_tf import runs
 from keypointnet_datasets.shapenet_pairs import build
 

@@ -107,18 +107,12 @@ def _config_from_flags():
   config = dataclasses.replace(
       config, **top, model=dataclasses.replace(config.model, **model),
       loss=dataclasses.replace(config.loss, **loss, weights=dataclasses.replace(config.loss.weights, **weights)))
-  # The flag anneal and the anchor scale with --steps when the preset's would not finish within them; a resumed
-  # run keeps the schedules it was started with.
+  # Schedules scale with --steps when the preset's would not finish within them; a resumed run keeps its own.
   explicit = [name for name in config_lib.SCHEDULE_FIELDS if _INT_FLAGS[name].value is not None]
-  steps = _INT_FLAGS["steps"].value or config.steps
-  if config.loss.weights.anchor and not config.anchor_steps and "anchor_steps" not in explicit:
-    # --anchor_weight on a preset without an anchor: it decays at half the run.
-    config = dataclasses.replace(config, anchor_steps=max(config.steps // 2, 1))
-  saved = _saved_run(training.resolve(config).model_dir)
-  if saved is None:
-    return config_lib.fit_schedules(config, steps, explicit), preset
-  kept = {name: getattr(saved, name) for name in config_lib.SCHEDULE_FIELDS if name not in explicit}
-  return dataclasses.replace(config, steps=steps, **kept), preset
+  if config.loss.weights.anchor and not config.anchor_steps:  # --anchor_weight on a preset without an anchor
+    config = config_lib.with_anchor(config, config.loss.weights.anchor)
+  saved = _saved_run(config_lib.resolve(config).model_dir)
+  return config_lib.plan_run(config, _INT_FLAGS["steps"].value or config.steps, explicit, saved), preset
 
 
 def _saved_run(model_dir):

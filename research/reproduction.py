@@ -92,8 +92,8 @@ def method_configs(base_config, root):
   label_free = _weights(base_config, anchor=0.0)
   anchored = base_config
   if not base_config.loss.weights.anchor:
-    anchored = dataclasses.replace(_weights(base_config, anchor=1.0), anchor_steps=max(base_config.steps // 2, 1))
-  supervised = supervised_config(training.resolve(base_config))
+    anchored = config_lib.with_anchor(base_config)
+  supervised = supervised_config(config_lib.resolve(base_config))
   onet = os.path.join(root, "keypointnet")  # its orientation network, trained by the orientation loss alone
   supervised_onet = supervised and dataclasses.replace(supervised, orientation_from=onet)
   label_free_onet = dataclasses.replace(label_free, orientation_from=onet)
@@ -104,20 +104,6 @@ def method_configs(base_config, root):
       continue
     configs[config_lib.method_name(config)] = dataclasses.replace(config, model_dir=os.path.join(root, folder))
   return configs
-
-
-# Fields that do not change what a run trains (where it lives, how often it logs, how it is computed).
-_SETTINGS = set(training.RESUMABLE_FIELDS) - {"steps"}
-
-
-def _same_training(a, b):
-  """True when two config dicts train the same thing (ignoring directories, logging and the compute setup).
-
-  Both go through config_from_dict first, so fields added to the config since a result was stored compare as
-  their defaults.
-  """
-  a, b = (runs.config_to_dict(runs.config_from_dict(c)) for c in (a, b))
-  return training.training_settings(a, _SETTINGS) == training.training_settings(b, _SETTINGS)
 
 
 def _train_and_evaluate(config, max_pairs):
@@ -131,7 +117,7 @@ def _train_and_evaluate(config, max_pairs):
   row, _ = evaluation.evaluate_run(config.model_dir, "test", max_pairs=max_pairs)
   row.pop("errors")
   return {"model_dir": config.model_dir, "steps": config.steps, "train_seconds": seconds,
-          "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "config": runs.config_to_dict(config), **row}
+          "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "config": config_lib.to_dict(config), **row}
 
 
 def _machine():
@@ -166,7 +152,7 @@ DEFAULT_METHODS = METHOD_FOLDERS[:3]
 
 def _budget_key(config_dict):
   """What makes two runs' budgets the same: data, steps, pairs per step, image size and width (not N)."""
-  c = runs.config_to_dict(runs.config_from_dict(config_dict))
+  c = config_lib.to_dict(config_lib.from_dict(config_dict))
   return (c["dataset_config"], c["released_dir"], c["steps"], c["batch_size"], c["image_size"],
           c["model"]["num_filters"])
 
@@ -195,7 +181,7 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
   unknown = set(methods) - set(METHOD_FOLDERS)
   if unknown:
     raise ValueError(f"Unknown method(s) {sorted(unknown)}; choose from {METHOD_FOLDERS}.")
-  runs.dataset_source(training.resolve(base_config), build=build_data)  # the data, built once if missing
+  runs.dataset_source(config_lib.resolve(base_config), build=build_data)  # the data, built once if missing
   category = base_config.category
   root = os.path.join(runs_dir, category)
   configs = method_configs(base_config, root)
@@ -225,7 +211,7 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
         log(f"[{category}] {name}: its stored result has no run on this machine, whose orientation network the "
             "pretrained-O-Net rows need: training it again")
       stored = None
-    if stored and not has_run and _same_training(stored["config"], runs.config_to_dict(training.resolve(config))):
+    if stored and not has_run and config_lib.same_training(stored["config"], config_lib.resolve(config)):
       log(f"[{category}] {name}: kept the stored result (same configuration, trained on {stored.get('date', '?')}, "
           f"{stored.get('machine', '?')}; delete it from {output_dir}/{RESULTS_FILE} to train again)")
       results[name] = stored
@@ -243,10 +229,10 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
   for name, config in configs.items():
     if tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")):  # ablations too (the N sweep's Fig. 9)
       pictures[name] = f"{category}_{os.path.basename(config.model_dir)}.png"
-      _pictures([config.model_dir], training.resolve(base_config), os.path.join(output_dir, pictures[name]))
+      _pictures([config.model_dir], config_lib.resolve(base_config), os.path.join(output_dir, pictures[name]))
   # Runs stored earlier and not repeated now (e.g. ablations of a previous invocation) are kept, with any notes,
   # when they have this budget; the others are dropped.
-  budget = _budget_key(runs.config_to_dict(training.resolve(base_config)))
+  budget = _budget_key(config_lib.to_dict(config_lib.resolve(base_config)))
   kept, other_budget = {}, False
   for name, run in earlier_entry.get("runs", {}).items():
     other_budget |= _budget_key(run["config"]) != budget
@@ -355,7 +341,7 @@ def write_report(output_dir, path, command):
     rows = [(category, "none", "the KeypointNet row above", run) for category, run in reference.items() if run]
     for category, method, run in ablation_rows:
       name = method.split(": ", 1)[1]
-      base = config_lib.method_name(runs.config_from_dict(run["config"]))
+      base = config_lib.method_name(config_lib.from_dict(run["config"]))
       rows.append((category, name, f"{ABLATION_DESCRIPTIONS.get(name, name)} on {base}", run))
     for category, name, change, run in sorted(rows, key=lambda row: row[0]):  # stable: the reference first
       lines.append(f"| {category} | {name} | {change} | {run['mean']:.1f} | {run['median']:.1f} | "

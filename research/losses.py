@@ -1,0 +1,69 @@
+"""Label-free loss variants tried in the research trials (reproduction/trials.md), none of them the paper's.
+
+Importing this module registers them with `keypointnet_tf.losses.register_term`, so that a LossConfig names them
+in `extra_terms`:
+  triangulation: depth-free multi-view consistency (`triangulation_loss`).
+  image_separation: the separation loss measured between keypoints lifted to their mean depth
+    (`image_plane_points`); with the separation weight set to 0 it replaces the paper's camera-space separation.
+Such runs are reported as "KeypointNet (variant: ...)" with the terms and weights listed.
+"""
+
+import tensorflow as tf
+
+from keypointnet_tf import geometry
+from keypointnet_tf import losses
+
+
+def triangulation_loss(uv0, uv1, mv0, mvi0, mv1, mvi1, focal):
+  """Depth-free multi-view consistency (not in the paper): reprojection error of the triangulated keypoints.
+
+  Each keypoint's two image positions are triangulated with the known relative pose
+  (`geometry.triangulate_midpoint`) and the point is projected back into both views. The error is zero exactly
+  when the two positions are images of one 3D point (they satisfy the epipolar constraint), whatever depth the
+  network predicts; the paper's consistency loss lifts each keypoint with its predicted depth instead, so a
+  keypoint that follows a part in both images still costs as much as its depth is wrong. Uses only the relative
+  pose, like the paper's consistency loss.
+
+  Args:
+    uv0, uv1: [B, K, 2] float. Predicted keypoints (NDC) in views 0 and 1.
+    mv0, mvi0, mv1, mvi1: [B, 4, 4] float. Object-to-camera matrices and their inverses.
+    focal: float, [] or [B]. NDC focal length.
+  Returns:
+    [] float. Sum over the two views of mean_b sum_i (1/K) |error_i|^2, in NDC^2 (the consistency loss's
+    normalisation).
+  """
+  xyz1 = geometry.triangulate_midpoint(uv0, uv1, mvi0, mv1, focal)  # [B, K, 3] camera 1
+  xyz0 = geometry.transform_points(mv0, geometry.transform_points(mvi1, xyz1))  # [B, K, 3] camera 0
+  return tf.add_n([tf.reduce_mean(tf.reduce_sum(tf.square(geometry.project(xyz, focal)[..., :2] - uv), axis=-1))
+                   for xyz, uv in ((xyz0, uv0), (xyz1, uv1))])
+
+
+def image_plane_points(uv, z, focal):
+  """Keypoints lifted to their mean depth: where they would be if all lay in one plane facing the camera.
+
+  Args:
+    uv: [B, K, 2] float. NDC positions.
+    z: [B, K] float. Predicted camera z; only its per-example mean is used, without gradient.
+    focal: float, [] or [B]. NDC focal length.
+  Returns:
+    [B, K, 3] float. Camera-space points whose pairwise distances are the image distances in object units at
+    the keypoints' depth.
+  """
+  depth = tf.stop_gradient(tf.reduce_mean(z, axis=1, keepdims=True))  # [B, 1]
+  return geometry.unproject(tf.concat([uv, tf.broadcast_to(depth, tf.shape(z))[..., tf.newaxis]], -1), focal)
+
+
+def _triangulation_term(outputs0, outputs1, batch, loss_config):
+  del loss_config
+  return triangulation_loss(outputs0["uv"], outputs1["uv"], batch["mv0"], batch["mvi0"], batch["mv1"], batch["mvi1"],
+                            batch["focal"])
+
+
+def _image_separation_term(outputs0, outputs1, batch, loss_config):
+  return tf.add_n([losses.separation_loss(image_plane_points(tf.cast(out["uv"], tf.float32),
+                                                             tf.cast(out["z"], tf.float32), batch["focal"]),
+                                          loss_config.separation_delta) for out in (outputs0, outputs1)])
+
+
+losses.register_term("triangulation", _triangulation_term)
+losses.register_term("image_separation", _image_separation_term)

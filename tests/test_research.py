@@ -1,0 +1,118 @@
+"""The research package: its loss variants (registered by name), old runs' and trial commands' compatibility."""
+
+import numpy as np
+import pytest
+
+from keypointnet_research import cpu_trial
+from keypointnet_research import losses as research_losses
+from keypointnet_tf import config
+from keypointnet_tf import geometry
+from keypointnet_tf import losses
+from test_losses import FOCAL, _batch_of, _outputs_of, _random_cameras, _views_of  # pylint: disable=g-bad-import-order
+
+
+def _numpy_triangulation_loss(uv0, uv1, mv0, mv1):
+  """Midpoint triangulation by least squares in object space, then reprojection error (loops, float64)."""
+  total = np.zeros(2)
+  batch, num_kp = uv0.shape[:2]
+  for b in range(batch):
+    rays = []
+    for uv, mv in ((uv0[b], mv0[b]), (uv1[b], mv1[b])):
+      inverse = np.linalg.inv(mv)
+      centre = inverse[:3, 3]
+      directions = [inverse[:3, :3] @ np.array([u / FOCAL, v / FOCAL, -1.0]) for u, v in uv]
+      rays.append((centre, directions))
+    for k in range(num_kp):
+      (c0, d0), (c1, d1) = (rays[0][0], rays[0][1][k]), (rays[1][0], rays[1][1][k])
+      (s, t), *_ = np.linalg.lstsq(np.stack([d0, -d1], axis=1), c1 - c0, rcond=None)
+      point = 0.5 * (c0 + s * d0 + c1 + t * d1)  # object space
+      for view, (uv, mv) in enumerate(((uv0, mv0), (uv1, mv1))):
+        cam = mv[b, :3, :3] @ point + mv[b, :3, 3]
+        total[view] += np.sum((np.array([-FOCAL * cam[0] / cam[2], -FOCAL * cam[1] / cam[2]]) - uv[b, k]) ** 2)
+  return float(total.sum() / (batch * num_kp))
+
+
+def test_triangulation_loss_matches_numpy_and_ignores_depth():
+  rng = np.random.default_rng(5)
+  mv0, mvi0, mv1, mvi1 = _random_cameras(rng, 4)
+  points = rng.uniform(-1, 1, size=(4, 6, 3))
+  uvz0, uvz1 = _views_of(points, mv0), _views_of(points, mv1)
+  # Images of the same 3D points: zero, and the triangulated points are those points (in camera 1).
+  exact = research_losses.triangulation_loss(uvz0[..., :2], uvz1[..., :2], mv0, mvi0, mv1, mvi1, FOCAL).numpy()
+  assert exact < 1e-9
+  triangulated = geometry.triangulate_midpoint(uvz0[..., :2].astype(np.float64), uvz1[..., :2], mvi0, mv1, FOCAL)
+  np.testing.assert_allclose(triangulated.numpy(), np.einsum("bij,bkj->bki", mv1[:, :3, :3], points)
+                             + mv1[:, None, :3, 3], atol=1e-6)
+  # Perturbed positions: the NumPy least-squares midpoint gives the same loss.
+  uv0 = uvz0[..., :2] + rng.normal(scale=0.05, size=uvz0[..., :2].shape)
+  uv1 = uvz1[..., :2] + rng.normal(scale=0.05, size=uvz1[..., :2].shape)
+  value = research_losses.triangulation_loss(uv0, uv1, mv0, mvi0, mv1, mvi1, FOCAL).numpy()
+  assert value > 1e-4
+  np.testing.assert_allclose(value, _numpy_triangulation_loss(uv0, uv1, mv0, mv1), rtol=1e-6)
+
+
+def test_total_loss_adds_the_registered_research_terms_with_their_weights():
+  rng = np.random.default_rng(6)
+  mv0, mvi0, mv1, mvi1 = _random_cameras(rng, 2)
+  points = rng.uniform(-1, 1, size=(2, 4, 3))
+  batch = _batch_of(mv0, mvi0, mv1, mvi1)
+  shifted = _outputs_of(points, mv1)
+  shifted["uv"] = shifted["uv"] + 0.1
+  outputs = (_outputs_of(points, mv0), shifted)
+  without = losses.total_loss(*outputs, batch, config.LossConfig(pose_noise_stddev=0.0))
+  with_terms = losses.total_loss(*outputs, batch, config.LossConfig(
+      pose_noise_stddev=0.0, weights=config.LossWeights(separation=0.0),
+      extra_terms=(("triangulation", 2.0), ("image_separation", 1.0))))
+  assert with_terms["triangulation"] > 0
+  # The image-plane separation replaces the camera-space one (weight 0): same delta, points lifted to mean depth.
+  expected_sep = sum(losses.separation_loss(research_losses.image_plane_points(o["uv"], o["z"], FOCAL), 0.05)
+                     for o in outputs)
+  np.testing.assert_allclose(with_terms["image_separation"], expected_sep, rtol=1e-6)
+  np.testing.assert_allclose(
+      with_terms["total"], without["total"] - without["separation"] + 2.0 * with_terms["triangulation"] +
+      with_terms["image_separation"], rtol=1e-5)
+
+
+def test_runs_written_with_the_old_research_fields_still_load():
+  # config.json of a run from before the research variants left the core: same terms, now by name.
+  old = config.to_dict(config.TrainConfig())
+  del old["loss"]["extra_terms"]
+  old["loss"]["separation_in_image"] = True
+  old["loss"]["weights"]["triangulation"] = 1.5
+  loaded = config.from_dict(old)
+  assert loaded.loss.extra_terms == (("triangulation", 1.5), ("image_separation", 1.0))
+  assert loaded.loss.weights.separation == 0.0
+  assert config.method_name(loaded) == ("KeypointNet (variant: separation 0, triangulation 1.5, "
+                                        "image_separation 1)")
+  plain = config.to_dict(config.TrainConfig())
+  del plain["loss"]["extra_terms"]
+  plain["loss"]["separation_in_image"] = False
+  plain["loss"]["weights"]["triangulation"] = 0.0
+  assert config.from_dict(plain) == config.TrainConfig()  # the shipped models' config.json files
+
+
+def test_trial_commands_logged_with_the_old_fields_train_the_same_terms():
+  base = cpu_trial.BASES["label_free_x10"]("planes")
+  tri = cpu_trial.merge(base, cpu_trial.legacy_overrides({"loss": {"weights": {"anchor": 0.0, "triangulation": 1.0}}}))
+  assert tri.loss.extra_terms == (("triangulation", 1.0),)
+  assert config.method_name(tri) == "KeypointNet (variant: triangulation 1)"
+  sep = cpu_trial.merge(base, cpu_trial.legacy_overrides({"loss": {"separation_in_image": True}}))
+  assert sep.loss.extra_terms == (("image_separation", 1.0),) and sep.loss.weights.separation == 0.0
+  same = cpu_trial.merge(base, cpu_trial.legacy_overrides({"seed": 1, "loss": {"silhouette_warmup_steps": 4000}}))
+  assert same.loss.silhouette_warmup_steps == 4000 and same.seed == 1 and same.loss.extra_terms == ()
+
+
+def test_image_plane_separation_ignores_depth_spread():
+  # Ten keypoints on one image point, spread 0.3 units apart along the viewing ray: camera-space separation is
+  # satisfied (0.09 > 0.05), image-plane separation charges every pair the full delta.
+  uv = np.zeros((1, 10, 2), np.float32)
+  z = (-30.0 + 0.3 * np.arange(10, dtype=np.float32))[None]
+  camera = geometry.unproject(np.concatenate([uv, z[..., None]], -1), FOCAL)
+  assert losses.separation_loss(camera, 0.05).numpy() == pytest.approx(0.05 * 10 / (2 * 10))  # diagonal only
+  flat = research_losses.image_plane_points(uv, z, FOCAL)
+  assert losses.separation_loss(flat, 0.05).numpy() == pytest.approx(0.05 * 100 / (2 * 10))
+  # Image distances become object units at the mean depth: 0.1 NDC apart at depth 28.65 is 0.1 * 28.65 / f.
+  uv2 = np.array([[[0.0, 0.0], [0.1, 0.0]]], np.float32)
+  points = research_losses.image_plane_points(uv2, np.array([[-28.0, -29.3]], np.float32), FOCAL).numpy()
+  assert np.linalg.norm(points[0, 0] - points[0, 1]) == pytest.approx(0.1 * 28.65 / FOCAL, rel=1e-5)
+  assert np.allclose(points[..., 2], -28.65)
