@@ -10,6 +10,8 @@ import json
 import os
 import re
 
+from keypointnet_tf import geometry
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -17,7 +19,7 @@ class ModelConfig:
 
   num_keypoints: int = 10  # N, keypoints predicted per image (code: --num_kp).
   num_filters: int = 64  # Channels of every keypoint-network conv; the orientation net uses half.
-  camera_distance: float = 30.0  # Fixed depth bias: z_map = -camera_distance + conv_z.
+  camera_distance: float = geometry.PAPER_CAMERA_DISTANCE  # Fixed depth bias: z_map = -camera_distance + conv_z.
   batch_norm_momentum: float = 0.999  # slim.batch_norm decay.
   sync_batch_norm: bool = False  # Batch statistics across replicas (the released code: per replica).
   # How the dilated convolutions are computed (model.DILATED_CONV_IMPLS): same network and weights, any speed.
@@ -77,6 +79,9 @@ class TrainConfig:
   # clip_gradients_by_norm wraps SyncReplicasOptimizer), or clip the averaged gradient (False). One replica: equal.
   clip_per_replica: bool = True
   image_size: int = 128  # Images are resized to this side before the network.
+  # NDC focal length of the training data's camera, recorded when the run starts (exported models unproject with
+  # it). 0: not recorded (runs from before it was, which used the paper's 5 degree camera).
+  focal: float = 0.0
   model: ModelConfig = ModelConfig()
   loss: LossConfig = LossConfig()
   anneal_start: int = 30_000  # Orientation flag: ground truth until here, then linearly annealed...
@@ -304,7 +309,7 @@ def method_name(config):
 # ------------------------------------------------------------------------------------------------------------
 
 # Fields that may differ between a run and its resumption (they do not change what is being trained).
-RESUMABLE_FIELDS = ("steps", "model_dir", "data_dir", "log_every", "image_summary_every", "checkpoint_every",
+RESUMABLE_FIELDS = ("steps", "model_dir", "data_dir", "focal", "log_every", "image_summary_every", "checkpoint_every",
                     "checkpoint_every_secs", "keep_checkpoints", "strategy", "jit_compile", "released_dir",
                     "validate_every", "validate_pairs", "worker_timeout_secs")
 # ModelConfig fields that choose how the same network is computed (model.DILATED_CONV_IMPLS), not what is trained.
@@ -402,3 +407,8 @@ def with_anchor(config, weight=1.0):
   return dataclasses.replace(config, anchor_steps=anchor_steps,
                              loss=dataclasses.replace(config.loss, weights=dataclasses.replace(config.loss.weights,
                                                                                                anchor=weight)))
+
+
+def focal_of(config):
+  """The NDC focal length a run was trained with: the recorded one, else the paper's 5 degree camera's."""
+  return config.focal or geometry.focal_from_fov(geometry.PAPER_FOV_DEGREES)

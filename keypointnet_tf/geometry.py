@@ -37,6 +37,12 @@ import tensorflow as tf
 _PROJECT_EPSILON = 1e-8
 
 
+# The paper's camera (its render script): a 5 degree field of view at distance 30 from the object's centre. The
+# data set builder renders with these by default, and the network's depth head is biased by the distance.
+PAPER_FOV_DEGREES = 5.0
+PAPER_CAMERA_DISTANCE = 30.0
+
+
 def focal_from_fov(fov_degrees):
   """NDC focal length of a symmetric perspective camera: f = cot(fov / 2). 5 degrees gives 22.904."""
   return 1.0 / math.tan(math.radians(fov_degrees) / 2.0)

@@ -94,6 +94,15 @@ def read_projection(path):
   return fx
 
 
+def focal_of_source(source):
+  """The NDC focal length of a data source: the released TFRecords' projection.txt, or a built data set's first
+  training example."""
+  if is_released_dir(source):
+    return read_projection(source)
+  first = make_dataset(source, "train", None, shuffle=False, repeat=False, deterministic=True).take(1)
+  return float(next(iter(first))["focal"])
+
+
 def released_shards(path, split):
   """Shard paths of a split of the released data, sorted. Train = every shard not in dev.txt or test.txt."""
   path = os.fspath(path)

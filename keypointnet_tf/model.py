@@ -249,7 +249,8 @@ class KeypointNet(keras.Model):
       kernel (`batch_norm_fused`; same results and moving statistics as the Keras layer, faster).
   """
 
-  def __init__(self, num_keypoints=10, num_filters=64, camera_distance=30.0, batch_norm_momentum=0.999,
+  def __init__(self, num_keypoints=10, num_filters=64, camera_distance=geometry.PAPER_CAMERA_DISTANCE,
+               batch_norm_momentum=0.999,
                sync_batch_norm=False, dilated_conv="auto", fused_batch_norm=True, **kwargs):
     super().__init__(**kwargs)
     if int(num_keypoints) != num_keypoints or num_keypoints < 1:

@@ -508,6 +508,8 @@ def set_up(config, dataset=None, validation_dataset=None, build_data=None):
   source = ""
   if dataset is None:
     source = runs.dataset_source(config, build=build_data)
+    # Recorded in config.json, so that an exported model unprojects with the camera it was trained on.
+    config = dataclasses.replace(config, focal=config.focal or input_pipeline.focal_of_source(source))
     spec = input_pipeline.make_dataset(source, "train", None, shuffle=False, repeat=False).element_spec
     distributed = distribute.distribute_source(strategy, config, source, global_batch)
     if validation_dataset is None and config.validate_every:

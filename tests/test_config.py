@@ -117,3 +117,15 @@ def test_serialisation_round_trip_and_the_resume_rule(tmp_path):
   assert config_lib.same_training(stored, dataclasses.replace(config, steps=9000), compare_steps=False)
   # A shipped model's config.json, written before several fields existed, still loads.
   assert runs.load_config(runs.pretrained_dir("planes")).category == "planes"
+
+
+def test_the_paper_camera_is_written_down_once():
+  # The renderer cannot import geometry (TensorFlow), so it repeats the field of view; they must agree.
+  from keypointnet_datasets.shapenet_pairs import rendering  # pylint: disable=g-import-not-at-top
+  from keypointnet_datasets.shapenet_pairs import shapenet_pairs_dataset_builder  # pylint: disable=g-import-not-at-top
+  from keypointnet_tf import geometry  # pylint: disable=g-import-not-at-top
+  assert rendering.PAPER_FOV_DEGREES == geometry.PAPER_FOV_DEGREES
+  default = shapenet_pairs_dataset_builder.ShapenetPairsConfig(name="x", category="planes")
+  assert (default.fov_degrees, default.camera_distance) == (geometry.PAPER_FOV_DEGREES, geometry.PAPER_CAMERA_DISTANCE)
+  assert config_lib.ModelConfig().camera_distance == geometry.PAPER_CAMERA_DISTANCE
+  assert config_lib.focal_of(config_lib.TrainConfig()) == pytest.approx(22.904, abs=1e-3)  # runs without a record

@@ -356,11 +356,14 @@ def test_anchor_weight_on_the_label_free_preset_gets_a_decay_step(tiny_planes, t
 
 def test_silhouette_warmup_flag_trains_a_named_variant(tiny_planes, tmp_path):
   data_dir, name = tiny_planes
-  command = _train_command(data_dir, name, str(tmp_path / "silwarm"), 2) + ["--silhouette_warmup_steps=3"]
+  command = _train_command(data_dir, name, str(tmp_path / "silwarm"), 2) + ["--silhouette_warmup_steps=2"]
   proc = _run_train(command)
-  assert "Training KeypointNet (variant: silhouette_warmup_steps 3) on planes" in proc.stdout
+  assert "Training KeypointNet (variant: silhouette_warmup_steps 2) on planes" in proc.stdout
   with open(tmp_path / "silwarm" / "config.json") as f:
-    assert json.load(f)["loss"]["silhouette_warmup_steps"] == 3
+    saved = json.load(f)
+  assert saved["loss"]["silhouette_warmup_steps"] == 2
+  # The data's focal length is recorded with the run (exported models unproject with it).
+  assert saved["focal"] == pytest.approx(1.0 / np.tan(np.radians(5.0) / 2.0), rel=1e-6)
 
 
 def test_anchor_schedule_and_validation():

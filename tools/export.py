@@ -16,7 +16,6 @@ from absl import flags
 
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import export
-from keypointnet_tf import geometry
 from keypointnet_tf import runs
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory (or --model).")
@@ -24,7 +23,6 @@ _MODEL = flags.DEFINE_string("model", None, "A model shipped with the package, b
                              "instead of --model_dir.")
 _OUTPUT = flags.DEFINE_string("output", None, "SavedModel directory (default <model_dir>/serving/1, or "
                               "serving/<model>/1 for --model).")
-_FOV = flags.DEFINE_float("fov_degrees", 5.0, "Field of view of the training camera (sets the focal length).")
 
 
 def main(argv):
@@ -44,7 +42,8 @@ def main(argv):
   except (FileNotFoundError, runs.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  export.export_saved_model(net, output, config.image_size, geometry.focal_from_fov(_FOV.value))
+  # The focal length of the run's data (recorded when it started); the paper's 5 degree camera for older runs.
+  export.export_saved_model(net, output, config.image_size, config_lib.focal_of(config))
   print(f"SavedModel of {config_lib.method_name(config)} written to {output} (signatures: serving_default "
         f"[encoded images], predict_images [float RGBA]); input size {config.image_size} px.")
   return 0

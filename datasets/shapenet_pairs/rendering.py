@@ -151,6 +151,12 @@ class RenderingError(RuntimeError):
   """Rendering cannot run here (no EGL, a worker died); the message says what to install."""
 
 
+# The paper's field of view: keypointnet_tf.geometry.PAPER_FOV_DEGREES (the owner of the camera conventions),
+# written out here because importing geometry would load TensorFlow into the rendering workers (a test checks that
+# the two agree).
+PAPER_FOV_DEGREES = 5.0
+
+
 class Renderer:
   """One OpenGL context rendering square RGBA images.
 
@@ -159,7 +165,7 @@ class Renderer:
     fov_degrees: float. Field of view (5 in the paper); the NDC focal length is cot(fov / 2).
   """
 
-  def __init__(self, image_size, fov_degrees=5.0):
+  def __init__(self, image_size, fov_degrees=PAPER_FOV_DEGREES):
     if "tensorflow" in sys.modules:
       raise RuntimeError("Renderer cannot run in a process that imported TensorFlow (Mesa's EGL and TensorFlow "
                          "crash together); use render_jobs, which renders in worker processes.")
@@ -333,7 +339,7 @@ class RenderWorker:
     fov_degrees: float. Field of view.
   """
 
-  def __init__(self, image_size, fov_degrees=5.0):
+  def __init__(self, image_size, fov_degrees=PAPER_FOV_DEGREES):
     self._worker = _start_worker(image_size, fov_degrees)
 
   def render(self, job):
@@ -348,7 +354,7 @@ class RenderWorker:
     _stop_workers([self._worker])
 
 
-def render_jobs(jobs, image_size, fov_degrees=5.0, num_workers=None):
+def render_jobs(jobs, image_size, fov_degrees=PAPER_FOV_DEGREES, num_workers=None):
   """Renders jobs in worker processes and yields their results in job order.
 
   Args:

@@ -80,8 +80,8 @@ class ShapenetPairsConfig(tfds.core.BuilderConfig):
   image_size: int = 128
   pairs_per_model: int = 10
   num_models: tuple = (1000, 50, 100)
-  fov_degrees: float = 5.0
-  camera_distance: float = 30.0
+  fov_degrees: float = geometry.PAPER_FOV_DEGREES
+  camera_distance: float = geometry.PAPER_CAMERA_DISTANCE
   shift: float = 0.2
   roll: bool = False
   extra_train_models: int = 0
