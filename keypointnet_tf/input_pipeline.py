@@ -94,13 +94,10 @@ def read_projection(path):
   return fx
 
 
-def focal_of_source(source):
-  """The NDC focal length of a data source: the released TFRecords' projection.txt, or a built data set's first
-  training example."""
-  if is_released_dir(source):
-    return read_projection(source)
-  first = make_dataset(source, "train", None, shuffle=False, repeat=False, deterministic=True).take(1)
-  return float(next(iter(first))["focal"])
+def first_example(source):
+  """The first training example of a source, unbatched and unshuffled: its focal length and keypoint count are the
+  data's (one camera and one keypoint list per data set)."""
+  return next(iter(make_dataset(source, "train", None, shuffle=False, repeat=False, deterministic=True).take(1)))
 
 
 def released_shards(path, split):

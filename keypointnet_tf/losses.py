@@ -250,6 +250,27 @@ def supervised_loss(uvz, mv, keypoints, valid, focal):
   return tf.reduce_sum(error * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
+def supervised_total(outputs0, outputs1, batch, orientation_weight=1.0):
+  """The supervised baseline's loss over both views: keypoint regression plus the orientation loss.
+
+  Args:
+    outputs0, outputs1: dicts from `KeypointNet.call` (uvz [B,K,3], orientation [B,2,2]).
+    batch: dict with "mv0", "mv1" ([B, 4, 4]), "keypoints" ([B, K, 3] object frame), "keypoint_valid" ([B, K])
+      and "focal" ([B] or []).
+    orientation_weight: float.
+  Returns:
+    dict of [] float32: "supervised", "orientation" and their weighted "total".
+  """
+  views = ((outputs0, batch["mv0"]), (outputs1, batch["mv1"]))
+  terms = {
+      "supervised": tf.add_n([supervised_loss(out["uvz"], mv, batch["keypoints"], batch["keypoint_valid"],
+                                              batch["focal"]) for out, mv in views]),
+      "orientation": tf.add_n([orientation_loss(out["orientation"], mv, batch["focal"]) for out, mv in views]),
+  }
+  terms["total"] = terms["supervised"] + orientation_weight * terms["orientation"]
+  return terms
+
+
 def angle_degrees(radians):
   """Radians to degrees (for logs and tables)."""
   return radians * (180.0 / math.pi)

@@ -40,6 +40,31 @@ def load_config(model_dir):
     return config_lib.from_dict(json.load(f))
 
 
+def write_or_check_config(config, write_dir):
+  """Writes config.json for a new run; for an existing one, refuses conflicting settings (config.resume_conflicts).
+
+  Args:
+    config: the resolved TrainConfig.
+    write_dir: where this process writes (the run directory, or a non-chief worker's own folder).
+  """
+  path = os.path.join(write_dir, CONFIG_FILE)
+  current = config_lib.to_dict(config)
+  has_checkpoint = tf.train.latest_checkpoint(checkpoint_dir(write_dir)) is not None
+  if has_checkpoint and tf.io.gfile.exists(path):  # a run that never saved can be restarted with any settings
+    with tf.io.gfile.GFile(path) as f:
+      conflicts = config_lib.resume_conflicts(json.load(f), config)
+    if conflicts:
+      lines = "\n".join(f"  {key}: saved {old!r}, now {new!r}" for key, (old, new) in sorted(conflicts.items()))
+      raise RunError(
+          f"{config.model_dir} holds a run with different settings:\n{lines}\n"
+          "Resume with the saved settings (drop the conflicting flags) or choose another --model_dir.")
+  tf.io.gfile.makedirs(write_dir)
+  tmp = path + ".tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    json.dump(current, f, indent=2, sort_keys=True)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
 def checkpoint_dir(model_dir):
   return os.path.join(model_dir, CHECKPOINT_DIR)
 
@@ -87,6 +112,25 @@ def load_trained_model(model_dir, checkpoint=None):
     raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(model_dir)}: train first (tools/train.py).")
   restore_all(tf.train.Checkpoint(model=net), checkpoint, f"run {model_dir}")
   return net, run_config
+
+
+def load_frozen_orientation_network(net, run_dir):
+  """Copies a trained run's orientation network into `net` and freezes it (the paper's "pretrained O-Net").
+
+  Raises:
+    RunError: the run is missing or its orientation network has another size.
+  """
+  try:
+    other, _ = load_trained_model(run_dir)
+  except FileNotFoundError as e:
+    raise RunError(f"orientation_from={run_dir}: {e}") from e
+  if other.num_filters != net.num_filters:
+    raise RunError(f"orientation_from={run_dir}: its num_filters={other.num_filters} differs from "
+                   f"this run's {net.num_filters}; the orientation networks must have the same size.")
+  for mine, theirs in ((net.orientation_backbone, other.orientation_backbone),
+                       (net.orientation_head, other.orientation_head)):
+    mine.set_weights(theirs.get_weights())
+    mine.trainable = False
 
 
 def pretrained_models():
