@@ -72,6 +72,28 @@ def _multi_worker_strategy(timeout_secs):
   return strategy
 
 
+# What a collective op raises when another worker has gone away (process killed, machine down, network cut).
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+               tf.errors.DeadlineExceededError, tf.errors.InternalError)
+
+
+def is_multi_worker(strategy):
+  return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def lost_peer_message(strategy, error, last_checkpoint):
+  """What a worker says when a collective op failed because another worker went away."""
+  resolver = strategy.cluster_resolver
+  cluster = resolver.cluster_spec().as_dict()
+  me = cluster[resolver.task_type][resolver.task_id]
+  peers = [address for job in ("chief", "worker") for address in cluster.get(job, []) if address != me]
+  reason = (error.message or str(error)).strip().splitlines()[0][:300]
+  return (f"Multi-worker training stopped: this worker ({me}) lost contact with the other workers "
+          f"({', '.join(peers)}); one of them has probably stopped or become unreachable ({type(error).__name__}: "
+          f"{reason}). The last checkpoint of the run is {last_checkpoint}. Start every worker again with the same "
+          "command to resume from it.")
+
+
 def is_chief(strategy):
   """True for the process that writes the run's checkpoints, config and summaries (the only one off multi-worker)."""
   resolver = getattr(strategy, "cluster_resolver", None)
@@ -134,7 +156,7 @@ def agree_on_step(strategy, checkpoint, manager, step_var, model_dir):
   steps (all-gather); when they differ, each restores its checkpoint of the smallest step, which all of them keep
   (keep_checkpoints > 1), or the run stops with a message naming the steps.
   """
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+  if not is_multi_worker(strategy):
     return manager.latest_checkpoint
 
   @tf.function

@@ -267,6 +267,10 @@ class Trainer:
         if status == "interrupted":
           print(f"\nInterrupted at step {self.step}; checkpoint saved to {self.manager.latest_checkpoint}. "
                 "Run the same command again to resume.", flush=True)
+    except distribute.PEER_ERRORS as e:
+      if not distribute.is_multi_worker(self.strategy):
+        raise
+      raise TrainingError(distribute.lost_peer_message(self.strategy, e, self.manager.latest_checkpoint)) from None
     finally:
       writer.flush()
       for signum, handler in previous_handlers.items():

@@ -270,3 +270,39 @@ def test_command_line_multi_worker_starts_and_finishes(tiny_planes, tmp_path):
     assert proc.returncode == 0 and "'status': 'done'" in out and "'step': 2" in out, out[-3000:]
   assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-2")
 
+
+
+def test_worker_whose_peer_dies_stops_with_a_message(tiny_planes, tmp_path):
+  # A cluster of two on loopback ports; worker 1 is killed mid-run. Worker 0 must stop in bounded time with a
+  # message naming the lost peer and the last checkpoint, not a traceback.
+  data_dir, name = tiny_planes
+  ports = _free_ports(2)
+  model_dir = str(tmp_path / "cluster")
+  procs = []
+  for index in range(2):
+    tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                            "task": {"type": "worker", "index": index}})
+    procs.append(subprocess.Popen(
+        _train_command(data_dir, name, model_dir, 100000) + ["--strategy=multi_worker", "--worker_timeout_secs=60",
+                                                              "--validate_every=0"],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True))
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and not tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")):
+      assert all(proc.poll() is None for proc in procs), [proc.communicate()[0][-2000:] for proc in procs]
+      time.sleep(0.5)
+    checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    assert checkpoint, "the cluster wrote no checkpoint in time"
+    procs[1].send_signal(signal.SIGKILL)
+    started = time.time()
+    out = procs[0].communicate(timeout=240)[0]
+    waited = time.time() - started
+  finally:
+    for proc in procs:
+      proc.kill()
+  assert procs[0].returncode == 2, out[-3000:]
+  assert f"lost contact with the other workers (127.0.0.1:{ports[1]})" in out, out[-3000:]
+  assert "The last checkpoint of the run is " + os.path.join(model_dir, "checkpoints", "ckpt-") in out, out[-3000:]
+  assert "Traceback" not in out, out[-3000:]
+  print(f"worker 0 stopped {waited:.0f} s after its peer was killed")
