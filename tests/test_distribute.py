@@ -248,19 +248,26 @@ def test_worker_without_peers_fails_in_bounded_time(tiny_planes, tmp_path):
   assert time.time() - started < 90
 
 
-def test_command_line_multi_worker_starts_and_finishes(tiny_planes, tmp_path):
-  # The measured failure was here: the tool touched TensorFlow's runtime before the strategy existed.
-  data_dir, name = tiny_planes
+def _start_cluster(data_dir, name, model_dir, steps, *flags):
+  """Two tools/train.py workers on free loopback ports; returns (ports, processes) with stdout+stderr piped."""
   ports = _free_ports(2)
-  model_dir = str(tmp_path / "cli_cluster")
   procs = []
   for index in range(2):
     tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                             "task": {"type": "worker", "index": index}})
     procs.append(subprocess.Popen(
-        _train_command(data_dir, name, model_dir, 2) + ["--strategy=multi_worker", "--worker_timeout_secs=60"],
+        _train_command(data_dir, name, model_dir, steps) + ["--strategy=multi_worker", "--worker_timeout_secs=60",
+                                                            *flags],
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=tf_config), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True))
+  return ports, procs
+
+
+def test_command_line_multi_worker_starts_and_finishes(tiny_planes, tmp_path):
+  # The measured failure was here: the tool touched TensorFlow's runtime before the strategy existed.
+  data_dir, name = tiny_planes
+  model_dir = str(tmp_path / "cli_cluster")
+  _, procs = _start_cluster(data_dir, name, model_dir, 2)
   try:
     outputs = [proc.communicate(timeout=240)[0] for proc in procs]
   finally:
@@ -271,22 +278,12 @@ def test_command_line_multi_worker_starts_and_finishes(tiny_planes, tmp_path):
   assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-2")
 
 
-
 def test_worker_whose_peer_dies_stops_with_a_message(tiny_planes, tmp_path):
   # A cluster of two on loopback ports; worker 1 is killed mid-run. Worker 0 must stop in bounded time with a
   # message naming the lost peer and the last checkpoint, not a traceback.
   data_dir, name = tiny_planes
-  ports = _free_ports(2)
   model_dir = str(tmp_path / "cluster")
-  procs = []
-  for index in range(2):
-    tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                            "task": {"type": "worker", "index": index}})
-    procs.append(subprocess.Popen(
-        _train_command(data_dir, name, model_dir, 100000) + ["--strategy=multi_worker", "--worker_timeout_secs=60",
-                                                              "--validate_every=0"],
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=tf_config), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True))
+  ports, procs = _start_cluster(data_dir, name, model_dir, 100000, "--validate_every=0")
   try:
     deadline = time.time() + 240
     while time.time() < deadline and not tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")):
