@@ -130,9 +130,22 @@ def category_of(dataset_config):
   return dataset_config
 
 
+# Categories whose presets train on procedural generator 2 (its cars have fronts and backs that differ, as real
+# cars do; on generator 1 every method flips about 15% of the car pairs). Their generator-1 data keeps its names.
+GENERATOR_2 = ("cars",)
+
+
+def _data(category, size=""):
+  """A preset's data set: <category><size> (size "" or "_small_x10"), with "_gen2" for GENERATOR_2 categories;
+  for a category of the user's own meshes, the data set of that name."""
+  if category not in CATEGORIES:
+    return category
+  return f"{category}{size}" + ("_gen2" if category in GENERATOR_2 else "")
+
+
 def _small_data(category):
-  """The CPU presets' data: <category>_small_x10 for the paper's categories, the user's data set of that name else."""
-  return f"{category}_small_x10" if category in CATEGORIES else category
+  """The CPU presets' data: <category>_small_x10 (cars: from generator 2), or the user's data set of that name."""
+  return _data(category, "_small_x10")
 
 
 def cpu_preset(category="planes"):
@@ -260,7 +273,7 @@ def preset(name, category, gpu_visible):
     return cpu_anchor_preset(category), "CPU preset + axis-anchor warm-up"
   if name == "cpu" or (name == "auto" and not gpu_visible):
     return cpu_preset(category), "CPU preset"
-  return TrainConfig(category=category), "paper recipe"
+  return TrainConfig(category=category, dataset_config=_data(category)), "paper recipe"
 
 
 ANCHOR_METHOD = "KeypointNet + axis-anchor warm-up"  # Reported name of runs trained with the anchor loss.

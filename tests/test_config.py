@@ -29,15 +29,16 @@ def test_presets_by_name():
   cpu, label = config_lib.preset("cpu", "cars", gpu_visible=False)
   assert label == "CPU preset" and config_lib.method_name(cpu) == "KeypointNet"  # label-free: the paper's losses
   assert cpu.loss == config_lib.LossConfig() and cpu.anchor_steps == 0 and not cpu.supervised
-  assert (cpu.dataset_config, cpu.batch_size, cpu.steps) == ("cars_small_x10", 32, 8000)
+  assert (cpu.dataset_config, cpu.batch_size, cpu.steps) == ("cars_small_x10_gen2", 32, 8000)
   anchored, label = config_lib.preset("cpu_anchor", "cars", gpu_visible=False)
   assert label == "CPU preset + axis-anchor warm-up"
   assert config_lib.method_name(anchored) == "KeypointNet + axis-anchor warm-up"
   # The anchor is the only difference: same data, size, budget, optimiser and flag schedule.
   assert dataclasses.replace(anchored, loss=cpu.loss, anchor_steps=0) == cpu
   assert config_lib.preset("auto", "planes", gpu_visible=False) == (config_lib.cpu_preset("planes"), "CPU preset")
-  assert config_lib.preset("auto", "planes", gpu_visible=True) == (config_lib.TrainConfig(category="planes"),
-                                                                   "paper recipe")
+  assert config_lib.preset("auto", "planes", gpu_visible=True) == (
+      config_lib.TrainConfig(category="planes", dataset_config="planes"), "paper recipe")
+  assert config_lib.preset("paper", "cars", gpu_visible=False)[0].dataset_config == "cars_gen2"
   assert config_lib.preset("cpu", "chairs", gpu_visible=True)[0] == config_lib.cpu_preset("chairs")
   with pytest.raises(ValueError, match="preset must be one of"):
     config_lib.preset("fast", "planes", gpu_visible=False)
@@ -52,7 +53,8 @@ def test_categories_of_data_sets():
     with pytest.raises(ValueError, match="category must be one of"):
       config_lib.check_category(bad)
   assert config_lib.cpu_preset("mugs").dataset_config == "mugs"  # the user's data set of that name
-  assert config_lib.cpu_preset("cars").dataset_config == "cars_small_x10"
+  assert config_lib.cpu_preset("cars").dataset_config == "cars_small_x10_gen2"  # cars: generator 2
+  assert config_lib.category_of("cars_small_x10_gen2") == "cars"
 
 
 def test_schedules_fit_the_run_length():
@@ -129,3 +131,15 @@ def test_the_paper_camera_is_written_down_once():
   assert (default.fov_degrees, default.camera_distance) == (geometry.PAPER_FOV_DEGREES, geometry.PAPER_CAMERA_DISTANCE)
   assert config_lib.ModelConfig().camera_distance == geometry.PAPER_CAMERA_DISTANCE
   assert config_lib.focal_of(config_lib.TrainConfig()) == pytest.approx(22.904, abs=1e-3)  # runs without a record
+
+
+def test_generator_2_cars_have_named_configs_with_generator_1_splits():
+  # The cars presets' data: generator 2 under its own names, the same objects' indices, views and splits as the
+  # generator-1 configs (which keep their names for the earlier results).
+  from keypointnet_datasets.shapenet_pairs import shapenet_pairs_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
+  configs = {c.name: c for c in builder_lib.Builder.BUILDER_CONFIGS}
+  for name in ("cars", "cars_small", "cars_small_x10"):
+    gen1, gen2 = configs[name], configs[name + "_gen2"]
+    assert (gen1.generator, gen2.generator) == (1, 2)
+    assert dataclasses.replace(gen2, name=gen1.name, generator=1, description=gen1.description) == gen1
+  assert not [n for n in configs if n.endswith("_gen2") and not n.startswith("cars")]

@@ -33,8 +33,8 @@ _IMAGES = flags.DEFINE_string("images", None, "Folder of PNG/JPEG images.")
 _TEST = flags.DEFINE_integer("test_examples", None, "Predict on this many test pairs of the run's data.")
 _TURNTABLE = flags.DEFINE_integer("turntable", None, "Procedural instance index to render all the way around.")
 _FRAMES = flags.DEFINE_integer("frames", 36, "Turntable frames.")
-_GENERATOR = flags.DEFINE_integer("generator", 1, "Procedural generator of the turntable's object (1 or 2; the one "
-                                  "the model's data set was built with).")
+_GENERATOR = flags.DEFINE_integer("generator", None, "Procedural generator of the turntable's object (1 or 2; "
+                                  "default: the one the model's data set was built with).")
 _OUTPUT = flags.DEFINE_string("output", "predictions", "Output folder.")
 
 
@@ -88,7 +88,7 @@ def main(argv):
     from keypointnet_datasets.shapenet_pairs import cameras  # pylint: disable=g-import-not-at-top
     from keypointnet_datasets.shapenet_pairs import rendering  # pylint: disable=g-import-not-at-top
     job = {"mesh": {"kind": "procedural", "category": config.category, "index": _TURNTABLE.value,
-                    "generator": _GENERATOR.value},
+                    "generator": _GENERATOR.value or (2 if config.dataset_config.endswith("_gen2") else 1)},
            "model_views": cameras.turntable(_FRAMES.value)}
     result = next(rendering.render_jobs([job], max(config.image_size, prediction.DISPLAY_SIZE), num_workers=1))
     if result["error"]:
