@@ -1,20 +1,42 @@
 """Shared pytest setup: quiet TensorFlow logs, keep tests on whatever devices exist."""
 
+import inspect
 import os
+
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+# A test is slow when it starts processes (subprocesses, rendering workers, data set builds) or trains: it uses one
+# of these fixtures (they build data, train or export), or its own code does one of these things.
+_SLOW_FIXTURES = {"tiny_planes", "tiny_run", "exported", "rendered_views"}
+_SLOW_CALLS = ("subprocess.", "download_and_prepare", "render_jobs", "training.train(", "_run_workers(",
+               "_start_cluster(", "reproduction.reproduce(")
+
+
+def _is_slow(item):
+  if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+    return True
+  try:
+    source = inspect.getsource(item.function)
+  except (OSError, TypeError):
+    return True  # unknown: keep it out of the fast subset
+  return any(call in source for call in _SLOW_CALLS)
+
+
 def pytest_collection_modifyitems(config, items):
-  """Deselects tf.test.TestCase.test_session: a helper method named like a test, not a test."""
+  """Marks the slow tests (`-m "not slow"` is the fast subset) and deselects tf.test.TestCase.test_session, a
+  helper method named like a test, not a test."""
   kept = [item for item in items if item.name != "test_session"]
   if len(kept) != len(items):
     config.hook.pytest_deselected(items=[item for item in items if item.name == "test_session"])
     items[:] = kept
+  for item in items:
+    if _is_slow(item):
+      item.add_marker(pytest.mark.slow)
 
-
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope="session")

@@ -84,6 +84,7 @@ def test_relative_links_in_the_docs_resolve():
   assert not broken, broken
 
 
+@pytest.mark.slow  # starts every tool once (--helpfull)
 def test_every_documented_tool_command_names_real_flags():
   commands = {}
   for page in DOCS:
@@ -103,6 +104,7 @@ def test_every_documented_tool_command_names_real_flags():
   assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow  # a Python process
 def test_readme_tables_match_the_stored_results():
   proc = subprocess.run([sys.executable, "tools/readme_tables.py", "--check"], cwd=REPO, capture_output=True,
                         text=True, timeout=120)
@@ -133,6 +135,7 @@ def test_readme_tables_are_written_from_the_files(tmp_path):
     tables.replace_table("no markers", "results", "new")
 
 
+@pytest.mark.slow  # a Python process
 def test_python_example_in_the_docs_runs(tmp_path):
   # docs/layout.md's example: a shipped model's keypoints for an image file.
   layout = (REPO / "docs" / "layout.md").read_text()

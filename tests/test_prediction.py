@@ -176,6 +176,7 @@ def test_shipped_models_find_the_pose_of_held_out_objects(tmp_path):
     assert row["median"] < 35.0, (name, row["median"], info["test"])
 
 
+@pytest.mark.slow  # runs tools/predict.py in a process
 def test_predict_with_a_shipped_model_in_one_command(tmp_path):
   from keypointnet_tf import runs  # pylint: disable=g-import-not-at-top
   folder = tmp_path / "photos"

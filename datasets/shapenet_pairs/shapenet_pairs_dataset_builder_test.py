@@ -15,6 +15,7 @@ from keypointnet_tf import geometry
 import helpers  # pylint: disable=g-bad-import-order  (tests/helpers.py)
 
 
+@pytest.mark.slow  # builds cars_small from dummy_data with rendering workers
 class ShapenetPairsTest(tfds.testing.DatasetBuilderTestCase):
   """Builds cars_small from dummy_data (3 / 2 / 2 models listed in dummy_data/splits, 8 pairs each)."""
   DATASET_CLASS = shapenet_pairs_dataset_builder.Builder
