@@ -129,44 +129,6 @@ def transform_points(matrix, xyz):
   return out
 
 
-def triangulate_midpoint(uv_a, uv_b, mvi_a, mv_b, focal, min_det=1e-4):
-  """Triangulates points seen at `uv_a` in camera a and `uv_b` in camera b (midpoint of the closest approach).
-
-  Each NDC point defines a ray from its camera centre, direction unproject((u, v, -1)). The point returned lies
-  halfway between the closest points of the two rays; it depends on the cameras' relative pose
-  T = mv_b @ mvi_a only, not on any predicted depth.
-
-  Args:
-    uv_a, uv_b: [B, K, 2] float. NDC coordinates (v up) in cameras a and b.
-    mvi_a, mv_b: [B, 4, 4] float. Camera a's inverse model-view matrix and camera b's model-view matrix.
-    focal: float, [] or [B]. NDC focal length.
-    min_det: float. Lower bound on the 2x2 normal equations' determinant (sin^2 of the angle between the rays
-      for unit directions), which keeps nearly parallel rays finite.
-  Returns:
-    [B, K, 3] float. The points in camera b space.
-  """
-  uv_a = _check_last_dim("uv_a", uv_a, 2)
-  uv_b = tf.cast(_check_last_dim("uv_b", uv_b, 2), uv_a.dtype)
-  transform = tf.matmul(tf.cast(mv_b, uv_a.dtype), tf.cast(mvi_a, uv_a.dtype))  # [B, 4, 4] camera a -> camera b
-
-  def direction(uv):
-    depth = -tf.ones_like(uv[..., :1])  # camera z of a point one unit in front of the camera
-    return unproject(tf.concat([uv, depth], axis=-1), focal)  # [B, K, 3], that point on the ray
-
-  d_b = direction(uv_b)
-  e = tf.einsum("bij,bkj->bki", transform[:, :3, :3], direction(uv_a))  # [B, K, 3] ray a's direction in b
-  c = transform[:, tf.newaxis, :3, 3]  # [B, 1, 3] camera a's centre in b
-  ee = tf.reduce_sum(e * e, -1)
-  ed = tf.reduce_sum(e * d_b, -1)
-  dd = tf.reduce_sum(d_b * d_b, -1)
-  ce = tf.reduce_sum(c * e, -1)
-  cd = tf.reduce_sum(c * d_b, -1)
-  det = tf.maximum(ee * dd - ed * ed, min_det)
-  s = (ed * cd - ce * dd) / det  # [B, K] position along ray a
-  t = (ee * cd - ed * ce) / det  # [B, K] position along ray b
-  return 0.5 * (c + s[..., tf.newaxis] * e + t[..., tf.newaxis] * d_b)
-
-
 def relative_rotation(mv0, mv1):
   """Rotation taking camera-0 coordinates to camera-1 coordinates: (M1 @ M0^-1)[:3, :3] = R1 @ R0^T.
 

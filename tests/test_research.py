@@ -40,7 +40,7 @@ def test_triangulation_loss_matches_numpy_and_ignores_depth():
   # Images of the same 3D points: zero, and the triangulated points are those points (in camera 1).
   exact = research_losses.triangulation_loss(uvz0[..., :2], uvz1[..., :2], mv0, mvi0, mv1, mvi1, FOCAL).numpy()
   assert exact < 1e-9
-  triangulated = geometry.triangulate_midpoint(uvz0[..., :2].astype(np.float64), uvz1[..., :2], mvi0, mv1, FOCAL)
+  triangulated = research_losses.triangulate_midpoint(uvz0[..., :2].astype(np.float64), uvz1[..., :2], mvi0, mv1, FOCAL)
   np.testing.assert_allclose(triangulated.numpy(), np.einsum("bij,bkj->bki", mv1[:, :3, :3], points)
                              + mv1[:, None, :3, 3], atol=1e-6)
   # Perturbed positions: the NumPy least-squares midpoint gives the same loss.
