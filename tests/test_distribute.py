@@ -145,6 +145,7 @@ _WORKER_SCRIPT = textwrap.dedent("""
     config = config_lib.TrainConfig(
         category="planes", model_dir=model_dir, steps=int(steps), batch_size=batch_size, image_size=32,
         strategy=strategy, log_every=1, seed=3, validate_every=0, checkpoint_every=100, worker_timeout_secs=20,
+        clip_per_replica=False,  # clip the averaged gradient: two workers then equal one process exactly
         model=config_lib.ModelConfig(num_keypoints=4, num_filters=8, sync_batch_norm=True),
         loss=config_lib.LossConfig(pose_noise_stddev=0.0), anneal_start=1, anneal_end=2)
 
