@@ -19,6 +19,7 @@ cpu_label_free the same without the anchor for 20,000 steps, label_free_x10 the 
 included, follows the config's steps, so the legs train what one uninterrupted run trains), evaluates there and keeps a copy of that
 checkpoint in <run>/milestones/; the final step (config steps) is always evaluated. Every evaluation is appended as
 one JSON line to --results (with the trial's name, step, overrides, training seconds and the command), and printed.
+A data set that is not built yet is built first, as tools/train.py does.
 """
 
 import dataclasses
@@ -34,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from keypointnet_datasets.shapenet_pairs import build
 from keypointnet_research import losses as research_losses  # pylint: disable=unused-import  (registers the terms)
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import evaluation
@@ -121,13 +123,14 @@ def main(argv):
   milestones = sorted({int(s) for s in _EVAL_AT.value if int(s) < config.steps} | {config.steps})
   for step in milestones:
     started = time.time()
-    result = training.train(config, until=step)
+    result = training.train(config, until=step, build_data=build.build_config)
     if result["status"] != "done":
       print("TRAIN", json.dumps(_rounded(result)))
       sys.exit(f"Trial {_NAME.value} stopped at step {result['step']} ({result['status']}).")
     train_seconds = round(time.time() - started, 1)
     _keep_milestone(config.model_dir, step)
-    row, _ = evaluation.evaluate_run(config.model_dir, "test", max_pairs=_EVAL_PAIRS.value)
+    row, _ = evaluation.evaluate_run(config.model_dir, "test", max_pairs=_EVAL_PAIRS.value,
+                                     build_data=build.build_config)
     row.pop("errors")
     record = {"name": _NAME.value, "category": config.category, "step": step, "preset": _PRESET.value,
               "overrides": overrides,
