@@ -82,6 +82,24 @@ def _mode_share(labels):
   return float(np.bincount(labels).max() / labels.size)
 
 
+def _part_distances(predicted, ground_truth, valid, caller):
+  """(distance [V', K, P] from each predicted keypoint to each part, inf where the part is missing; valid [V', P];
+  predicted [V', K, 3]) over the V' views whose object has some valid part; None when there is none."""
+  predicted = np.asarray(predicted, np.float64)
+  ground_truth = np.asarray(ground_truth, np.float64)
+  valid = np.asarray(valid, bool)
+  if predicted.ndim != 3 or ground_truth.ndim != 3 or predicted.shape[0] != ground_truth.shape[0] or (
+      valid.shape != ground_truth.shape[:2]):
+    raise ValueError(f"{caller}: expected predicted [V, K, 3], ground_truth [V, P, 3], valid [V, P]. "
+                     f"Received: {predicted.shape}, {ground_truth.shape}, {valid.shape}")
+  keep = valid.any(axis=1)
+  if not keep.any():
+    return None
+  predicted, ground_truth, valid = predicted[keep], ground_truth[keep], valid[keep]
+  distance = np.linalg.norm(predicted[:, :, None] - ground_truth[:, None], axis=-1)
+  return np.where(valid[:, None, :], distance, np.inf), valid, predicted
+
+
 def semantic_scores(predicted, ground_truth, valid, radius=PART_RADIUS):
   """Dual alignment score (PAPER.md section C) and the share of predicted keypoints near a ground-truth part.
 
@@ -90,7 +108,7 @@ def semantic_scores(predicted, ground_truth, valid, radius=PART_RADIUS):
   views whose id equals k's most common id; averaged over k. Backward: for ground-truth part p, the index of the
   nearest predicted keypoint in each view where p is valid; the share of those views whose index equals p's most
   common index; averaged over the parts that are valid in some view. DAS is the mean of the two. Keypoints in one
-  cluster score well forward and badly backward.
+  cluster score well forward and badly backward. `keypoint_parts` spells both halves out per keypoint and part.
 
   Args:
     predicted: [V, K, 3] float. Predicted keypoints of V views mapped to the object frame.
@@ -101,27 +119,79 @@ def semantic_scores(predicted, ground_truth, valid, radius=PART_RADIUS):
     dict: "das", "das_forward", "das_backward" in [0, 1] and "near_part", the share of the V x K predicted
     keypoints within `radius` of a valid part; all nan when no view has a valid part.
   """
-  predicted = np.asarray(predicted, np.float64)
-  ground_truth = np.asarray(ground_truth, np.float64)
-  valid = np.asarray(valid, bool)
-  if predicted.ndim != 3 or ground_truth.ndim != 3 or predicted.shape[0] != ground_truth.shape[0] or (
-      valid.shape != ground_truth.shape[:2]):
-    raise ValueError(f"semantic_scores: expected predicted [V, K, 3], ground_truth [V, P, 3], valid [V, P]. "
-                     f"Received: {predicted.shape}, {ground_truth.shape}, {valid.shape}")
-  nan = {"das": float("nan"), "das_forward": float("nan"), "das_backward": float("nan"),
-         "near_part": float("nan")}
-  keep = valid.any(axis=1)
-  if not keep.any():
-    return nan
-  predicted, ground_truth, valid = predicted[keep], ground_truth[keep], valid[keep]
-  distance = np.linalg.norm(predicted[:, :, None] - ground_truth[:, None], axis=-1)  # [V, K, P]
-  distance = np.where(valid[:, None, :], distance, np.inf)
-  forward = np.mean([_mode_share(ids) for ids in distance.argmin(axis=2).T])  # nearest part per view, per k
+  found = keypoint_parts(predicted, ground_truth, valid, radius, caller="semantic_scores")
+  if found is None:
+    return {"das": float("nan"), "das_forward": float("nan"), "das_backward": float("nan"),
+            "near_part": float("nan")}
+  forward = float(np.mean([k["share"] for k in found["keypoints"]]))
+  backward = float(np.mean([p["share"] for p in found["parts"] if p["keypoint"] is not None]))
+  # Every keypoint is judged in the same views, so the mean of the per-keypoint shares is the share of all V x K.
+  near = float(np.mean([k["near"] for k in found["keypoints"]]))
+  return {"das": (forward + backward) / 2, "das_forward": forward, "das_backward": backward, "near_part": near}
+
+
+def keypoint_parts(predicted, ground_truth, valid, radius=PART_RADIUS, caller="keypoint_parts"):
+  """Which part each predicted keypoint tracks, and which keypoint tracks each part: DAS's two halves in full.
+
+  Args: as semantic_scores.
+  Returns:
+    dict, or None when no view has a valid part:
+      "keypoints": K dicts: "part" (index of the part nearest to keypoint k in most views), "share" (the share of
+        views where it is that part: k's forward score), "median_distance" (median over views of the distance to
+        the nearest part, object units), "near" (share of views within `radius` of a part), "mean" (the mean
+        position over views, [3], object frame).
+      "parts": P dicts: "keypoint" (index of the keypoint nearest to part p in most views where p exists, or None
+        when p exists in none) and "share" (p's backward score; nan when p exists in none).
+    The mean of the keypoints' shares is semantic_scores' das_forward, that of the existing parts' das_backward.
+  """
+  found = _part_distances(predicted, ground_truth, valid, caller)
+  if found is None:
+    return None
+  distance, valid, predicted = found
+  nearest_part = distance.argmin(axis=2)  # [V, K]
+  closest = distance.min(axis=2)  # [V, K]
+  keypoints = []
+  for k in range(distance.shape[1]):
+    counts = np.bincount(nearest_part[:, k], minlength=distance.shape[2])
+    keypoints.append({"part": int(counts.argmax()), "share": float(counts.max() / counts.sum()),
+                      "median_distance": float(np.median(closest[:, k])),
+                      "near": float(np.mean(closest[:, k] < radius)),
+                      "mean": predicted[:, k].mean(axis=0).tolist()})
   nearest_keypoint = distance.argmin(axis=1)  # [V, P]
-  backward = [_mode_share(nearest_keypoint[valid[:, p], p]) for p in range(valid.shape[1]) if valid[:, p].any()]
-  backward = float(np.mean(backward))
-  return {"das": (forward + backward) / 2, "das_forward": float(forward), "das_backward": backward,
-          "near_part": float(np.mean(distance.min(axis=2) < radius))}
+  parts = []
+  for p in range(distance.shape[2]):
+    if not valid[:, p].any():
+      parts.append({"keypoint": None, "share": float("nan")})
+      continue
+    counts = np.bincount(nearest_keypoint[valid[:, p], p], minlength=distance.shape[1])
+    parts.append({"keypoint": int(counts.argmax()), "share": float(counts.max() / counts.sum())})
+  return {"keypoints": keypoints, "parts": parts}
+
+
+def keypoint_parts_table(found, part_names=None):
+  """keypoint_parts() as two Markdown tables: each keypoint's part, and each part's keypoint.
+
+  Args:
+    found: keypoint_parts() result.
+    part_names: optional P names of the ground-truth parts (the procedural categories' names come with the dataset
+      package, `procedural.KEYPOINT_NAMES`); default "part p".
+  Returns:
+    str, Markdown.
+  """
+  names = list(part_names) if part_names is not None else [f"part {p}" for p in range(len(found["parts"]))]
+  if len(names) != len(found["parts"]):
+    raise ValueError(f"keypoint_parts_table: {len(names)} part names for {len(found['parts'])} parts")
+  lines = ["| keypoint | nearest part in most views | share of views | median distance | within "
+           f"{PART_RADIUS} | mean position (object frame) |", "|---|---|---|---|---|---|"]
+  for k, kp in enumerate(found["keypoints"]):
+    mean = ", ".join(f"{v:.2f}" for v in kp["mean"])
+    lines.append(f"| {k} | {names[kp['part']]} | {kp['share']:.0%} | {kp['median_distance']:.2f} | "
+                 f"{kp['near']:.0%} | ({mean}) |")
+  lines += ["", "| part | nearest keypoint in most views | share of views |", "|---|---|---|"]
+  for name, part in zip(names, found["parts"]):
+    lines.append(f"| {name} | — | — |" if part["keypoint"] is None else
+                 f"| {name} | {part['keypoint']} | {part['share']:.0%} |")
+  return "\n".join(lines) + "\n"
 
 
 def summarize(errors_deg, standard_error=float("nan")):
@@ -146,9 +216,9 @@ def evaluate(predict_fn, dataset, noise_stddev=0.0, seed=0, max_pairs=None):
     max_pairs: optional int. Stop after this many pairs.
   Returns:
     dict: summarize() of all pairs, plus "errors" (the per-pair degrees) and, when the data has ground-truth
-    keypoints, semantic_scores() over all views; "flag_accuracy" (share of views whose predicted orientation flag
-    equals the ground-truth one) when predict_fn returns "predicted_orientation_flag". When the data has no
-    object ids, "3d_se" is nan and "3d_se_note" says why.
+    keypoints, semantic_scores() and "keypoint_parts" (keypoint_parts()) over all views; "flag_accuracy" (share of
+    views whose predicted orientation flag equals the ground-truth one) when predict_fn returns
+    "predicted_orientation_flag". When the data has no object ids, "3d_se" is nan and "3d_se_note" says why.
   """
   generator = tf.random.Generator.from_seed(seed)
   errors, ids, points, parts, parts_valid, flags_right = [], [], [], [], [], []
@@ -180,7 +250,9 @@ def evaluate(predict_fn, dataset, noise_stddev=0.0, seed=0, max_pairs=None):
   if note:
     row["3d_se_note"] = note
   if parts and parts[0].shape[1]:  # ground-truth keypoints present (procedural data)
-    row.update(semantic_scores(np.concatenate(points), np.concatenate(parts), np.concatenate(parts_valid)))
+    views = np.concatenate(points), np.concatenate(parts), np.concatenate(parts_valid)
+    row.update(semantic_scores(*views))
+    row["keypoint_parts"] = keypoint_parts(*views)
   if flags_right:
     row["flag_accuracy"] = float(np.mean(np.concatenate(flags_right)))
   row["errors"] = errors

@@ -111,8 +111,15 @@ def _keep_milestone(model_dir, step):
     shutil.copy2(path, target)
 
 
-def _rounded(values):
-  return {k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}
+def _rounded(value):
+  """Floats at 4 decimals, inside dicts and lists too (the record's keypoint_parts)."""
+  if isinstance(value, float):
+    return round(value, 4)
+  if isinstance(value, dict):
+    return {k: _rounded(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_rounded(v) for v in value]
+  return value
 
 
 def main(argv):

@@ -100,3 +100,33 @@ def test_semantic_scores_penalise_a_collapsed_cluster():
 def test_semantic_scores_reject_mismatched_shapes():
   with pytest.raises(ValueError, match=r"expected predicted \[V, K, 3\]"):
     evaluation.semantic_scores(np.zeros((2, 3, 3)), np.zeros((3, 4, 3)), np.ones((3, 4), bool))
+
+
+def test_keypoint_parts_hand_values_and_agreement_with_das():
+  # Parts A (0,0,0), B (1,0,0), C (0,1,0); three views. Keypoint 0 sits on A in views 0 and 1 and 0.5 past C in
+  # view 2; keypoint 1 sits 0.1 from B in every view. A's nearest keypoint: 0, 0, then 1 (keypoint 1 at distance
+  # ~0.9 beats keypoint 0 at ~1.58): 2/3. B: keypoint 1 always. C: keypoint 0 in view 2 (0.5), else keypoint 0
+  # too (distance 1 against ~1.35): 1. C is missing from view 1's object.
+  parts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], float)
+  predicted = np.array([[[0, 0, 0], [0.9, 0, 0]], [[0, 0, 0], [0.9, 0, 0]], [[0, 1.5, 0], [0.9, 0, 0]]])
+  valid = np.array([[True, True, True], [True, True, False], [True, True, True]])
+  found = evaluation.keypoint_parts(predicted, np.stack([parts] * 3), valid)
+  k0, k1 = found["keypoints"]
+  assert (k0["part"], k1["part"]) == (0, 1)
+  assert k0["share"] == pytest.approx(2 / 3) and k1["share"] == pytest.approx(1.0)
+  assert k0["median_distance"] == pytest.approx(0.0) and k1["median_distance"] == pytest.approx(0.1)
+  assert k0["near"] == pytest.approx(2 / 3) and k1["near"] == pytest.approx(1.0)
+  np.testing.assert_allclose(k0["mean"], [0, 0.5, 0])
+  assert [(p["keypoint"], round(p["share"], 6)) for p in found["parts"]] == [(0, round(2 / 3, 6)), (1, 1.0),
+                                                                              (0, 1.0)]
+  # DAS's halves are the means of these shares.
+  scores = evaluation.semantic_scores(predicted, np.stack([parts] * 3), valid)
+  assert scores["das_forward"] == pytest.approx((2 / 3 + 1) / 2)
+  assert scores["das_backward"] == pytest.approx((2 / 3 + 1 + 1) / 3)
+  # A part that no view's object has is reported as such and left out of the backward half.
+  valid[:, 2] = False
+  found = evaluation.keypoint_parts(predicted, np.stack([parts] * 3), valid)
+  assert found["parts"][2]["keypoint"] is None and np.isnan(found["parts"][2]["share"])
+  assert evaluation.semantic_scores(predicted, np.stack([parts] * 3), valid)["das_backward"] == pytest.approx(
+      (2 / 3 + 1) / 2)
+  assert evaluation.keypoint_parts(predicted, np.stack([parts] * 3), np.zeros((3, 3), bool)) is None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from keypointnet_datasets.shapenet_pairs import procedural
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import geometry
 from keypointnet_tf import prediction
@@ -96,7 +97,8 @@ def test_evaluate_tool_run_and_saved_model_agree(tiny_run, tiny_planes, tmp_path
   proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "evaluate.py"),
                          f"--model_dirs={tiny_run},{tmp_path / 'sm'}", "--names=run,savedmodel",
                          "--category=planes", f"--dataset_config={name}", f"--data_dir={data_dir}",
-                         f"--output={tmp_path / 'table'}"], capture_output=True, text=True, timeout=300)
+                         f"--output={tmp_path / 'table'}", "--per_keypoint"], capture_output=True, text=True,
+                        timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
   assert lines[0].startswith("| method | cars mean | cars median | cars 3D-SE | planes mean")
@@ -106,6 +108,14 @@ def test_evaluate_tool_run_and_saved_model_agree(tiny_run, tiny_planes, tmp_path
   assert runs["run"]["pairs"] == runs["savedmodel"]["pairs"] == 4  # 2 test models x 2 pairs
   # Same weights, same images, same protocol: the SavedModel path reproduces the checkpoint's numbers.
   np.testing.assert_allclose(runs["savedmodel"]["errors_deg"], runs["run"]["errors_deg"], atol=0.05)
+  # --per_keypoint: each run's keypoint and part tables, with the planes' part names, whose shares average to
+  # the run's DAS halves.
+  assert proc.stdout.count("| keypoint | nearest part in most views |") == 2
+  found = runs["run"]["keypoint_parts"]
+  assert len(found["keypoints"]) == 3 and len(found["parts"]) == len(procedural.KEYPOINT_NAMES["planes"])
+  for k, kp in enumerate(found["keypoints"]):
+    assert any(line.startswith(f"| {k} | {procedural.KEYPOINT_NAMES['planes'][kp['part']]} | ") for line in lines)
+  assert np.mean([kp["share"] for kp in found["keypoints"]]) == pytest.approx(runs["run"]["das_forward"])
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ directory works too (with --category, and --dataset_config for non-default data)
   python tools/evaluate.py --model_dirs=runs/planes/serving/1 --category=planes --dataset_config=planes_small
 A run evaluated on other data of its category (the run's image size is kept):
   python tools/evaluate.py --model_dirs=runs/planes --dataset_config=planes_small_x10_random
+Which part each keypoint tracks, and which keypoint each part (data with ground-truth keypoints only):
+  python tools/evaluate.py --model_dirs=runs/planes --per_keypoint
 """
 
 import json
@@ -22,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from keypointnet_datasets.shapenet_pairs import procedural
 from keypointnet_tf import config as config_lib
 from keypointnet_tf import evaluation
 from keypointnet_tf import runs
@@ -33,6 +36,9 @@ _NOISE = flags.DEFINE_float("noise", 0.0, "Noise stddev inside the metric (0: cl
 _MAX_PAIRS = flags.DEFINE_integer("max_pairs", None, "Evaluate at most this many pairs.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: the run's).")
 _RELEASED = flags.DEFINE_string("released_dir", None, "Evaluate on the paper's released TFRecords instead.")
+_PER_KEYPOINT = flags.DEFINE_bool("per_keypoint", False, "Also print, per run, the ground-truth part each keypoint is "
+                                  "nearest to in most views and the keypoint nearest to each part (the two halves of "
+                                  "DAS), where the data has ground-truth keypoints.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write <output>.md and <output>.json.")
 _CATEGORY = flags.DEFINE_string("category", None, "Category of SavedModel entries (runs know their own); default: "
                                 "the --dataset_config's.")
@@ -84,6 +90,17 @@ def main(argv):
     results.append((name, {category: row}))
     raw[name] = {"model_dir": model_dir, "category": category, **row, "errors_deg": errors.tolist()}
   table = evaluation.markdown_table(results)
+  if _PER_KEYPOINT.value:
+    for name, (category, row) in ((n, next(iter(r.items()))) for n, r in results):
+      found = row.get("keypoint_parts")
+      if found is None:
+        table += f"\n{name}: the data has no ground-truth keypoints; no per-keypoint table.\n"
+        continue
+      part_names = procedural.KEYPOINT_NAMES.get(category)
+      if part_names is not None and len(part_names) != len(found["parts"]):
+        part_names = None
+      table += f"\n{name} ({category}), per keypoint and per part:\n\n"
+      table += evaluation.keypoint_parts_table(found, part_names)
   print(table)
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
