@@ -148,6 +148,35 @@ def _pictures(run_dirs, config, path, num_examples=8, display_size=128):
 # method_configs' run folders, in order; the last two are the paper's rows b and c (frozen pretrained O-Net).
 METHOD_FOLDERS = ("keypointnet", "keypointnet_anchor", "supervised", "supervised_onet", "keypointnet_onet")
 DEFAULT_METHODS = METHOD_FOLDERS[:3]
+# The methods that `extra_seeds` repeats: the paper's rows d (KeypointNet) and a (the supervised baseline).
+SEEDED_METHODS = ("keypointnet", "supervised")
+SEED_SUFFIX = ", seed "
+
+
+def seed_name(name, seed):
+  """The row name of another seed of method `name`: "KeypointNet, seed 1"."""
+  return f"{name}{SEED_SUFFIX}{seed}"
+
+
+def seeded_configs(configs, seeds):
+  """Other seeds of the KeypointNet and supervised rows among `configs` (name -> TrainConfig).
+
+  Args:
+    configs: dict name -> TrainConfig, as from method_configs.
+    seeds: iterable of int, none equal to the configs' own seed.
+  Returns:
+    dict seed_name(name, s) -> the config with seed s, in <its folder>_seed<s>.
+  Raises:
+    ValueError: a seed repeats or equals the configs' own seed.
+  """
+  seeds = list(seeds)
+  own = {config.seed for config in configs.values()}
+  if len(set(seeds)) != len(seeds) or own & set(seeds):
+    raise ValueError(f"extra seeds must differ from each other and from the runs' own seed {sorted(own)}. "
+                     f"Received: {seeds}")
+  return {seed_name(name, seed): dataclasses.replace(config, seed=seed, model_dir=f"{config.model_dir}_seed{seed}")
+          for seed in seeds for name, config in configs.items()
+          if os.path.basename(config.model_dir) in SEEDED_METHODS}
 
 
 def _budget_key(config_dict):
@@ -158,7 +187,7 @@ def _budget_key(config_dict):
 
 
 def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, log=print, command="",
-              build_data=None, methods=DEFAULT_METHODS):
+              build_data=None, methods=DEFAULT_METHODS, extra_seeds=()):
   """Runs one category: KeypointNet, the supervised baseline (same steps), ablations; stores the results.
 
   Args:
@@ -174,6 +203,8 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     methods: which methods to train now, by run folder (METHOD_FOLDERS); the others keep their stored
       results when those have this budget. Stored results of another budget (data, steps, pairs per step, size)
       are dropped, so a category's rows always share one budget.
+    extra_seeds: other seeds of the KeypointNet and supervised rows among `methods` (SEEDED_METHODS), trained
+      as rows "<method>, seed <s>" in <folder>_seed<s> (no pictures of their own).
   Returns:
     dict of this category's results (also merged into <output_dir>/results.json).
   """
@@ -189,6 +220,7 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     log(f"[{category}] the data has no ground-truth keypoints: no supervised baseline")
   configs = {name: config for name, config in configs.items()
              if os.path.basename(config.model_dir) in methods}
+  seeded = seeded_configs(configs, extra_seeds)
   onet = os.path.join(root, "keypointnet", "checkpoints")
   if ({"supervised_onet", "keypointnet_onet"} & set(methods) and "keypointnet" not in methods
       and tf.train.latest_checkpoint(onet) is None):
@@ -197,6 +229,7 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
   for name in ablations:
     configs[f"ablation: {name}"] = dataclasses.replace(ABLATIONS[name](base_config),
                                                        model_dir=os.path.join(root, f"ablation_{name}"))
+  configs.update(seeded)
   earlier = load_results(output_dir).get(category, {}).get("runs", {})
   # Rows b and c load the KeypointNet run's orientation network: a stored KeypointNet result whose run is not on
   # this machine cannot give it, so that run is trained again.
@@ -227,6 +260,8 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
   earlier_entry = stored.get(category, {})
   pictures = dict(earlier_entry.get("pictures", {}))  # pictures of runs not on this machine stay as they were
   for name, config in configs.items():
+    if name in seeded:
+      continue
     if tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")):  # ablations too (the N sweep's Fig. 9)
       pictures[name] = f"{category}_{os.path.basename(config.model_dir)}.png"
       _pictures([config.model_dir], config_lib.resolve(base_config), os.path.join(output_dir, pictures[name]))
@@ -277,9 +312,11 @@ def _budget(run):
 
 
 def _method_order(name):
+  """Sort key: the methods in Table 1's order of interest, each method's other seeds right after it."""
   order = ["KeypointNet", config_lib.ANCHOR_METHOD, "supervised baseline", "supervised baseline with pretrained O-Net",
            "KeypointNet with pretrained O-Net"]
-  return (order.index(name) if name in order else len(order), name)
+  base, _, seed = name.partition(SEED_SUFFIX)
+  return (order.index(base) if base in order else len(order), base, int(seed) if seed.isdigit() else -1)
 
 
 def write_report(output_dir, path, command):
@@ -307,7 +344,8 @@ def write_report(output_dir, path, command):
       "relative rotation in degrees, 3D-SE in object units, the dual alignment score (DAS) and the share of "
       "keypoints within 0.25 object units of a ground-truth part. **KeypointNet** is the paper's six losses only "
       "(label-free); **KeypointNet + axis-anchor warm-up** adds a warm-up that pulls keypoints 0 and 1 to the "
-      "projected +-x axis ends (not label-free); the **supervised baseline** regresses the ground-truth keypoints.",
+      "projected +-x axis ends (not label-free); the **supervised baseline** regresses the ground-truth keypoints. "
+      "A row \"<method>, seed N\" is the same method and budget trained from another seed.",
       "",
       "## Ours (procedural data)",
       "",

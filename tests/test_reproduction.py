@@ -190,3 +190,40 @@ def test_command_line_rejects_unknown_ablations():
   bad = subprocess.run([sys.executable, "tools/reproduce.py", "--ablations=no_such_thing"], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and "Unknown ablation" in bad.stderr
+
+
+def test_extra_seeds_repeat_rows_a_and_d(tiny_planes, tmp_path):
+  data_dir, name = tiny_planes
+  output, runs = str(tmp_path / "out"), str(tmp_path / "runs")
+  base = _tiny_base(data_dir, name)
+  configs = reproduction.method_configs(base, runs)
+  seeded = reproduction.seeded_configs(configs, [1, 2])
+  # Only the KeypointNet and supervised rows, each with its seed and its own folder, nothing else changed.
+  assert list(seeded) == ["KeypointNet, seed 1", "supervised baseline, seed 1", "KeypointNet, seed 2",
+                          "supervised baseline, seed 2"]
+  assert seeded["KeypointNet, seed 2"] == dataclasses.replace(
+      configs["KeypointNet"], seed=2, model_dir=os.path.join(runs, "keypointnet_seed2"))
+  for bad in ([0], [1, 1]):
+    with pytest.raises(ValueError, match="extra seeds must differ"):
+      reproduction.seeded_configs(configs, bad)
+
+  entry = reproduction.reproduce(base, output, runs, log=lambda _: None, methods=["keypointnet", "supervised"],
+                                 extra_seeds=[1])
+  assert set(entry["runs"]) == {"KeypointNet", "KeypointNet, seed 1", "supervised baseline",
+                               "supervised baseline, seed 1"}
+  assert entry["runs"]["KeypointNet, seed 1"]["config"]["seed"] == 1
+  assert entry["runs"]["KeypointNet"]["config"]["seed"] == 0
+  # Another seed trains other weights from the same data and budget.
+  first, _ = runs_lib.load_trained_model(os.path.join(runs, "planes", "keypointnet"))
+  second, _ = runs_lib.load_trained_model(os.path.join(runs, "planes", "keypointnet_seed1"))
+  assert not np.allclose(first.weights[0].numpy(), second.weights[0].numpy())
+  assert set(entry["pictures"]) == {"KeypointNet", "supervised baseline"}  # seeds add rows, not pictures
+  with open(reproduction.write_report(output, str(tmp_path / "REPRODUCTION.md"), "")) as f:
+    ours = f.read().split("## Ours", 1)[1].split("\n## ", 1)[0]
+  rows = list(dict.fromkeys(line.split(" | ")[0] for line in ours.splitlines()  # both tables: the same order
+                            if line.startswith("| ") and "(procedural)" in line))
+  assert rows == ["| KeypointNet (procedural)", "| KeypointNet, seed 1 (procedural)",
+                  "| supervised baseline (procedural)", "| supervised baseline, seed 1 (procedural)"]
+  bad = subprocess.run([sys.executable, "tools/reproduce.py", "--extra_seeds=one"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert bad.returncode == 2 and "--extra_seeds takes seeds as integers" in bad.stderr

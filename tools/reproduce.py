@@ -5,6 +5,7 @@ Examples:
   python tools/reproduce.py --category=planes,cars,chairs --preset=paper
   python tools/reproduce.py --category=planes --ablations=no_pose,keypoints_5 --steps=2000
   python tools/reproduce.py --category=mugs                        # a data set built from your own meshes
+  python tools/reproduce.py --category=planes --extra_seeds=1      # rows a and d with a second seed
 
 For each category: builds the procedural data set when missing, trains KeypointNet and the supervised baseline
 with the same budget (runs in --runs_dir/<category>/), trains each ablation with that budget too, evaluates
@@ -44,6 +45,9 @@ _METHODS = flags.DEFINE_list("methods", list(reproduction.DEFAULT_METHODS),
                              f"Which methods to train now ({', '.join(reproduction.METHOD_FOLDERS)}; the last two "
                              "are the paper's rows b and c, with the keypointnet run's orientation network frozen); "
                              "stored results of the others are kept when they have the same budget.")
+_EXTRA_SEEDS = flags.DEFINE_list("extra_seeds", [], "Other seeds of the KeypointNet and supervised rows (the "
+                                  "paper's rows d and a) to train with the same budget, as rows '<method>, seed N' "
+                                  "(runs in <folder>_seedN); the preset's own seed is 0.")
 _MAX_PAIRS = flags.DEFINE_integer("max_pairs", None, "Evaluate at most this many test pairs (default: all).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data directory (default ~/tensorflow_datasets).")
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/reproduce", "Where the training runs go.")
@@ -59,6 +63,10 @@ def main(argv):
       config_lib.check_category(category)
     if _DATASET_CONFIG.value and len(_CATEGORIES.value) != 1:
       raise ValueError("--dataset_config names the data of one category; pass one --category with it.")
+    if not all(seed.isdigit() for seed in _EXTRA_SEEDS.value):
+      raise ValueError(f"--extra_seeds takes seeds as integers, e.g. --extra_seeds=1,2. Received: "
+                       f"{','.join(_EXTRA_SEEDS.value)}")
+    extra_seeds = [int(seed) for seed in _EXTRA_SEEDS.value]
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -73,7 +81,8 @@ def main(argv):
                                         _STEPS.value or config.steps)
       reproduction.reproduce(config, _OUTPUT_DIR.value, _RUNS_DIR.value, _ABLATIONS.value, _MAX_PAIRS.value,
                              log=lambda message: print(message, flush=True), command=command.strip(),
-                             build_data=build.build_config, methods=_METHODS.value)
+                             build_data=build.build_config, methods=_METHODS.value,
+                             extra_seeds=extra_seeds)
     except (runs.RunError, build.DataBuildError, FileNotFoundError, ValueError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
