@@ -74,14 +74,6 @@ def standard_error_3d(object_ids, xyz_object):
 PART_RADIUS = 0.25  # Object units: a predicted keypoint this close to a ground-truth part is "on a part".
 
 
-def _mode_share(labels):
-  """Share of the entries of a 1-D integer array equal to its most common value (nan when empty)."""
-  labels = np.asarray(labels)
-  if labels.size == 0:
-    return float("nan")
-  return float(np.bincount(labels).max() / labels.size)
-
-
 def _part_distances(predicted, ground_truth, valid, caller):
   """(distance [V', K, P] from each predicted keypoint to each part, inf where the part is missing; valid [V', P];
   predicted [V', K, 3]) over the V' views whose object has some valid part; None when there is none."""
