@@ -344,8 +344,9 @@ def write_report(output_dir, path, command):
       "relative rotation in degrees, 3D-SE in object units, the dual alignment score (DAS) and the share of "
       "keypoints within 0.25 object units of a ground-truth part. **KeypointNet** is the paper's six losses only "
       "(label-free); **KeypointNet + axis-anchor warm-up** adds a warm-up that pulls keypoints 0 and 1 to the "
-      "projected +-x axis ends (not label-free); the **supervised baseline** regresses the ground-truth keypoints. "
-      "A row \"<method>, seed N\" is the same method and budget trained from another seed.",
+      "projected +-x axis ends (not label-free); the **supervised baseline** regresses the ground-truth keypoints."
+      + (" A row \"<method>, seed N\" is the same method and budget trained from another seed."
+         if any(SEED_SUFFIX in method for method in methods) else ""),
       "",
       "## Ours (procedural data)",
       "",

@@ -106,6 +106,7 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
     text = f.read()
   ours = entry["runs"]["KeypointNet"]
   assert f"{ours['mean']:.1f} | {ours['median']:.1f} | {ours['3d_se']:.2f}" in text  # the report's precision
+  assert "seed N" not in text  # no other seeds, no sentence about them
   # Tables first: ours, the paper's, the ablations, the sweep; budgets, pictures and commands after them.
   order = ["## Ours", "## The paper", "## Ablations", "## Number of keypoints", "## Deformation test",
            "## Budgets and notes", "## Pictures", "## Commands"]
@@ -219,7 +220,9 @@ def test_extra_seeds_repeat_rows_a_and_d(tiny_planes, tmp_path):
   assert not np.allclose(first.weights[0].numpy(), second.weights[0].numpy())
   assert set(entry["pictures"]) == {"KeypointNet", "supervised baseline"}  # seeds add rows, not pictures
   with open(reproduction.write_report(output, str(tmp_path / "REPRODUCTION.md"), "")) as f:
-    ours = f.read().split("## Ours", 1)[1].split("\n## ", 1)[0]
+    text = f.read()
+  assert 'A row "<method>, seed N" is the same method and budget trained from another seed.' in text
+  ours = text.split("## Ours", 1)[1].split("\n## ", 1)[0]
   rows = list(dict.fromkeys(line.split(" | ")[0] for line in ours.splitlines()  # both tables: the same order
                             if line.startswith("| ") and "(procedural)" in line))
   assert rows == ["| KeypointNet (procedural)", "| KeypointNet, seed 1 (procedural)",
