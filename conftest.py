@@ -48,3 +48,14 @@ def tiny_planes(tmp_path_factory):
                                            num_models=(4, 1, 2))
   builder_lib.Builder(config=config, data_dir=data_dir).download_and_prepare()
   return str(data_dir), "tiny_train"
+
+
+@pytest.fixture(scope="session")
+def readme_tables():
+  """tools/readme_tables.py as a module, loaded once (it defines absl flags, which may be defined only once)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "readme_tables", os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools", "readme_tables.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -148,20 +148,31 @@ def _small_data(category):
   return _data(category, "_small_x10")
 
 
+# What the recipe study adopted per category on top of the CPU preset (reproduction/trials.md, issue 24: a change
+# joins a category's preset only when it beats that category's baseline in every seed run): planes train 12,000
+# steps with the silhouette warm-up over the first 4,000 (five seeds, all out of chance; the warm-up alone took
+# three of three 8,000-step seeds out of chance with better medians and DAS than the paper's schedule). The warm-up
+# made generator-2 cars' keypoints collapse onto the plane of symmetry and left chairs level, so they keep the
+# paper's schedule. `--silhouette_warmup_steps=0 --steps=8000` trains the paper's schedule on planes.
+CPU_RECIPES = {"planes": {"steps": 12000, "silhouette_warmup_steps": 4000}}
+
+
 def cpu_preset(category="planes"):
-  """A label-free run sized for a 2-core CPU: "KeypointNet" (docs/training.md "Presets", the default without a GPU).
+  """A label-free run sized for a 2-core CPU (docs/training.md "Presets", the default without a GPU).
 
   The paper's network, six losses, weights, pose noise and separation threshold on a smaller problem: the
-  `<category>_small_x10` data (2,000 training objects, 64 px renders; for another category, the data set of that
-  name built from the user's meshes) resized to 32 px, 16 filters, batch-norm
+  `<category>_small_x10` data (2,000 training objects, 64 px renders; cars from generator 2; for another category,
+  the data set of that name built from the user's meshes) resized to 32 px, 16 filters, batch-norm
   momentum 0.99 (so inference statistics settle within the run), Adam 1e-3, 32 view pairs per step for 8,000
   steps, and the orientation flag annealed from the ground truth to the predicted one over steps 3k-6k. No keypoint
   labels and no absolute pose: the keypoint network sees the image and the flag; the orientation targets train the
-  orientation network only, as in the paper. Measured on planes (reproduction/trials.md, trials batch32_x10_*):
-  every run stays at chance until step 4,000 and leaves it before step 6,000; test medians at step 8,000 are
-  listed there with their seeds. About 20 minutes on a 2-core machine, data included.
+  orientation network only, as in the paper. Reported as "KeypointNet".
+
+  Planes add what the recipe study adopted (CPU_RECIPES): 12,000 steps, the silhouette and variance weights rising
+  from 0 over the first 4,000 (not in the paper; reported as "KeypointNet (variant: silhouette_warmup_steps
+  4000)"). Still label-free: the warm-up only reorders when the paper's own losses act.
   """
-  return TrainConfig(
+  config = TrainConfig(
       category=category,
       dataset_config=_small_data(category),
       steps=8000,
@@ -176,6 +187,8 @@ def cpu_preset(category="planes"):
       checkpoint_every=500,
       validate_every=1000,
   )
+  recipe = dict(CPU_RECIPES.get(category, {}))
+  return _with_schedules(dataclasses.replace(config, steps=recipe.pop("steps", config.steps)), **recipe)
 
 
 def cpu_anchor_preset(category="planes"):
@@ -183,10 +196,12 @@ def cpu_anchor_preset(category="planes"):
 
   One addition that is not in the paper: `losses.anchor_loss` (weight 1, decaying linearly to 0 at step 4,000)
   ties keypoints 0 and 1 to the projections of the object's +-x axis ends, two landmarks from the absolute pose.
+  The anchor is the only difference from `cpu_preset` (planes keep its silhouette warm-up and 12,000 steps).
   Kept as an option and as the anchored control of the reproduction (`reproduction.method_configs`).
   """
-  return dataclasses.replace(cpu_preset(category), loss=LossConfig(weights=LossWeights(anchor=1.0)),
-                             anchor_steps=4000)
+  cpu = cpu_preset(category)
+  return dataclasses.replace(cpu, loss=dataclasses.replace(cpu.loss, weights=dataclasses.replace(
+      cpu.loss.weights, anchor=1.0)), anchor_steps=4000)
 
 
 # Step numbers that a run's length scales (silhouette_warmup_steps is LossConfig's, the others TrainConfig's).
@@ -315,6 +330,16 @@ def method_name(config):
   if config.orientation_from:
     name += " with pretrained O-Net"
   return name
+
+
+def method_base(name):
+  """The method a reported name is a variant of: `name` without its "(variant: ...)" list.
+
+  "KeypointNet (variant: silhouette_warmup_steps 4000) with pretrained O-Net" -> "KeypointNet with pretrained
+  O-Net"; names without a variant come back unchanged. Tables that place a row by its method (Table 1's rows a-d)
+  use it, so a preset with a named variant still fills its method's row and keeps its full name there.
+  """
+  return re.sub(r" \(variant: [^)]*\)", "", name)
 
 
 # ------------------------------------------------------------------------------------------------------------

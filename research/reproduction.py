@@ -316,7 +316,20 @@ def _method_order(name):
   order = ["KeypointNet", config_lib.ANCHOR_METHOD, "supervised baseline", "supervised baseline with pretrained O-Net",
            "KeypointNet with pretrained O-Net"]
   base, _, seed = name.partition(SEED_SUFFIX)
-  return (order.index(base) if base in order else len(order), base, int(seed) if seed.isdigit() else -1)
+  method = config_lib.method_base(base)
+  return (order.index(method) if method in order else len(order), base, int(seed) if seed.isdigit() else -1)
+
+
+def keypointnet_row(category_runs):
+  """The category's KeypointNet run (Table 1's row d), under its full name, variants included; None if absent.
+
+  Args:
+    category_runs: dict method name -> run, as stored in results.json.
+  Returns:
+    (name, run) or None.
+  """
+  return next(((name, run) for name, run in category_runs.items()
+               if config_lib.method_base(name) == "KeypointNet"), None)
 
 
 def write_report(output_dir, path, command):
@@ -344,7 +357,9 @@ def write_report(output_dir, path, command):
       "relative rotation in degrees, 3D-SE in object units, the dual alignment score (DAS) and the share of "
       "keypoints within 0.25 object units of a ground-truth part. **KeypointNet** is the paper's six losses only "
       "(label-free); **KeypointNet + axis-anchor warm-up** adds a warm-up that pulls keypoints 0 and 1 to the "
-      "projected +-x axis ends (not label-free); the **supervised baseline** regresses the ground-truth keypoints."
+      "projected +-x axis ends (not label-free); the **supervised baseline** regresses the ground-truth keypoints. "
+      "A name followed by \"(variant: ...)\" lists what its run changes in the paper's losses or schedule "
+      "(docs/deviations.md)."
       + (" A row \"<method>, seed N\" is the same method and budget trained from another seed."
          if any(SEED_SUFFIX in method for method in methods) else ""),
       "",
@@ -376,8 +391,8 @@ def write_report(output_dir, path, command):
               "Each category's KeypointNet row (the configuration every ablation changes one thing of) comes first.",
               "", "| category | variant | change | mean | median | 3D-SE | < 30 deg | DAS | keypoints near a part |",
               "|---|---|---|---|---|---|---|---|---|"]
-    reference = {category: stored[category]["runs"].get("KeypointNet") for category, _, _ in ablation_rows}
-    rows = [(category, "none", "the KeypointNet row above", run) for category, run in reference.items() if run]
+    reference = {category: keypointnet_row(stored[category]["runs"]) for category, _, _ in ablation_rows}
+    rows = [(category, "none", "the KeypointNet row above", row[1]) for category, row in reference.items() if row]
     for category, method, run in ablation_rows:
       name = method.split(": ", 1)[1]
       base = config_lib.method_name(config_lib.from_dict(run["config"]))
@@ -394,9 +409,10 @@ def write_report(output_dir, path, command):
               "| category | N | run | mean | median | 3D-SE | < 30 deg | DAS | keypoints near a part |",
               "|---|---|---|---|---|---|---|---|---|"]
     for category in dict.fromkeys(category for category, _, _, _ in sweep_rows):
-      reference = stored[category]["runs"].get("KeypointNet")
+      reference = keypointnet_row(stored[category]["runs"])
       if reference:
-        sweep_rows.append((category, reference["config"]["model"]["num_keypoints"], "KeypointNet row", reference))
+        sweep_rows.append((category, reference[1]["config"]["model"]["num_keypoints"], "KeypointNet row",
+                           reference[1]))
     for category, n, source, run in sorted(sweep_rows, key=lambda row: (row[0], row[1], row[2] != "KeypointNet row")):
       lines.append(f"| {category} | {n} | {source} | {run['mean']:.1f} | {run['median']:.1f} | {run['3d_se']:.2f} | "
                    f"{run['under_30']:.0%} | {run.get('das', float('nan')):.2f} | "

@@ -10,7 +10,7 @@ from keypointnet_tf import runs
 
 
 def test_method_names_never_call_a_variant_keypointnet():
-  preset = config_lib.cpu_anchor_preset("planes")
+  preset = config_lib.cpu_anchor_preset("chairs")
   assert preset.loss.weights.anchor > 0
   assert config_lib.method_name(preset) == "KeypointNet + axis-anchor warm-up"
   label_free = dataclasses.replace(preset, loss=config_lib.LossConfig())
@@ -44,6 +44,30 @@ def test_presets_by_name():
     config_lib.preset("fast", "planes", gpu_visible=False)
 
 
+def test_the_planes_preset_is_the_recipe_studys_named_variant():
+  # Planes: 12,000 steps with the silhouette warm-up over the first 4,000, reported under the variant's name; the
+  # rest is the other categories' preset, and --silhouette_warmup_steps=0 gives back the paper's losses.
+  planes, chairs = config_lib.cpu_preset("planes"), config_lib.cpu_preset("chairs")
+  assert (planes.steps, planes.loss.silhouette_warmup_steps, planes.dataset_config) == (12000, 4000,
+                                                                                         "planes_small_x10")
+  assert config_lib.method_name(planes) == "KeypointNet (variant: silhouette_warmup_steps 4000)"
+  assert dataclasses.replace(planes, category="chairs", dataset_config="chairs_small_x10", steps=8000,
+                             loss=config_lib.LossConfig()) == chairs
+  assert (chairs.steps, chairs.loss.silhouette_warmup_steps) == (8000, 0)
+  paper = dataclasses.replace(planes, loss=dataclasses.replace(planes.loss, silhouette_warmup_steps=0))
+  assert config_lib.method_name(paper) == "KeypointNet"
+  # The anchored preset adds the anchor and nothing else.
+  anchored = config_lib.cpu_anchor_preset("planes")
+  assert dataclasses.replace(anchored, loss=planes.loss, anchor_steps=0) == planes
+  assert config_lib.method_name(anchored) == ("KeypointNet + axis-anchor warm-up (variant: "
+                                              "silhouette_warmup_steps 4000)")
+  # Tables place a variant in its method's row.
+  assert [config_lib.method_base(config_lib.method_name(c)) for c in (planes, anchored, chairs)] == [
+      "KeypointNet", "KeypointNet + axis-anchor warm-up", "KeypointNet"]
+  assert config_lib.method_base("KeypointNet (variant: pose 1, separation_delta 0.2) with pretrained O-Net") == (
+      "KeypointNet with pretrained O-Net")
+
+
 def test_categories_of_data_sets():
   assert [config_lib.category_of(n) for n in ("planes", "cars_small", "chairs_small_x10", "mugs", "planes2")] == [
       "planes", "cars", "chairs", "mugs", "planes2"]
@@ -58,7 +82,7 @@ def test_categories_of_data_sets():
 
 
 def test_schedules_fit_the_run_length():
-  preset = config_lib.cpu_anchor_preset("planes")  # 8,000 steps: anneal 3k-6k, anchor until 4k
+  preset = config_lib.cpu_anchor_preset("chairs")  # 8,000 steps: anneal 3k-6k, anchor until 4k
   short = config_lib.fit_schedules(preset, 2000)
   assert (short.steps, short.anneal_start, short.anneal_end, short.anchor_steps) == (2000, 750, 1500, 1000)
   longer = config_lib.fit_schedules(preset, 20000)  # already within: unchanged
@@ -73,16 +97,19 @@ def test_schedules_fit_the_run_length():
 
 
 def test_silhouette_warmup_is_a_schedule_checked_against_the_steps():
-  warm = dataclasses.replace(config_lib.cpu_preset("planes"), loss=config_lib.LossConfig(silhouette_warmup_steps=4000))
+  warm = dataclasses.replace(config_lib.cpu_preset("chairs"), loss=config_lib.LossConfig(silhouette_warmup_steps=4000))
   short = config_lib.fit_schedules(warm, 2000)  # scaled with the others: it ends within the run
   assert (short.loss.silhouette_warmup_steps, short.anneal_start, short.anneal_end) == (1000, 750, 1500)
   with pytest.raises(ValueError, match=r"silhouette_warmup_steps=4000 ends after the last step \(2000\)"):
     config_lib.fit_schedules(warm, 2000, explicit=("silhouette_warmup_steps",))
-  assert config_lib.fit_schedules(config_lib.cpu_preset("planes"), 2000).loss.silhouette_warmup_steps == 0
+  assert config_lib.fit_schedules(config_lib.cpu_preset("chairs"), 2000).loss.silhouette_warmup_steps == 0
+  # The planes preset's own warm-up (4,000 of 12,000 steps) scales with its other schedules.
+  planes = config_lib.fit_schedules(config_lib.cpu_preset("planes"), 3000)
+  assert (planes.loss.silhouette_warmup_steps, planes.anneal_start, planes.anneal_end) == (1000, 750, 1500)
 
 
 def test_a_resumed_run_keeps_its_schedules_unless_set():
-  preset = config_lib.cpu_preset("planes")
+  preset = config_lib.cpu_preset("chairs")
   saved = config_lib.fit_schedules(preset, 2000)  # started with --steps=2000: anneal 750-1500
   resumed = config_lib.plan_run(preset, 4000, saved=saved)  # then --steps=4000
   assert (resumed.steps, resumed.anneal_start, resumed.anneal_end) == (4000, 750, 1500)
@@ -91,9 +118,9 @@ def test_a_resumed_run_keeps_its_schedules_unless_set():
 
 
 def test_anchor_added_to_a_preset_without_one_decays_at_half_the_run():
-  anchored = config_lib.with_anchor(config_lib.cpu_preset("planes"), 0.5)
+  anchored = config_lib.with_anchor(config_lib.cpu_preset("chairs"), 0.5)
   assert anchored.loss.weights.anchor == 0.5 and anchored.anchor_steps == 4000
-  assert config_lib.with_anchor(config_lib.cpu_anchor_preset("planes")).anchor_steps == 4000  # its own schedule
+  assert config_lib.with_anchor(config_lib.cpu_anchor_preset("chairs")).anchor_steps == 4000  # its own schedule
 
 
 def test_resolve_fills_defaults_and_refuses_bad_values():

@@ -113,12 +113,9 @@ def test_readme_tables_match_the_stored_results():
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_readme_tables_are_written_from_the_files(tmp_path):
+def test_readme_tables_are_written_from_the_files(tmp_path, readme_tables):
   # The tool's tables against hand-written results: its numbers are the files', rounded as documented.
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("readme_tables", REPO / "tools" / "readme_tables.py")
-  tables = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tables)
+  tables = readme_tables
   config = {"dataset_config": "planes_small_x10", "steps": 8000, "batch_size": 32, "image_size": 32}
   run = {"config": config, "mean": 19.04, "median": 14.67, "3d_se": 0.1876, "das": 0.5656, "near_part": 0.2383,
          "over_90": 0.0156}

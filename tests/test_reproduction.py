@@ -230,3 +230,38 @@ def test_extra_seeds_repeat_rows_a_and_d(tiny_planes, tmp_path):
   bad = subprocess.run([sys.executable, "tools/reproduce.py", "--extra_seeds=one"], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
   assert bad.returncode == 2 and "--extra_seeds takes seeds as integers" in bad.stderr
+
+
+def test_a_variant_preset_fills_its_methods_rows(tmp_path, readme_tables):
+  # The planes preset's row d is "KeypointNet (variant: ...)": the report and the README table place it (and its
+  # row c) where KeypointNet's rows go and measure the ablations and the N sweep against it. The stored results
+  # with the rows renamed (no training).
+  with open(os.path.join(REPO, "reproduction", "results.json")) as f:
+    planes = json.load(f)["planes"]
+  variant = " (variant: silhouette_warmup_steps 4000)"
+  renames = {"KeypointNet": f"KeypointNet{variant}",
+             "KeypointNet with pretrained O-Net": f"KeypointNet{variant} with pretrained O-Net"}
+  planes["runs"] = {renames.get(name, name): run for name, run in reversed(planes["runs"].items())}
+  planes["runs"][f"KeypointNet{variant}, seed 1"] = planes["runs"][f"KeypointNet{variant}"]
+  planes["pictures"] = {}
+  output = tmp_path / "out"
+  output.mkdir()
+  (output / reproduction.RESULTS_FILE).write_text(json.dumps({"planes": planes}))
+  with open(reproduction.write_report(str(output), str(tmp_path / "REPRODUCTION.md"), "")) as f:
+    text = f.read()
+  ours = text.split("## Ours", 1)[1].split("\n## ", 1)[0]
+  rows = list(dict.fromkeys(line.split(" | ")[0] for line in ours.splitlines()
+                            if line.startswith("| ") and "(procedural)" in line))
+  assert rows == [f"| KeypointNet{variant} (procedural)", f"| KeypointNet{variant}, seed 1 (procedural)",
+                  "| KeypointNet + axis-anchor warm-up (procedural)", "| supervised baseline (procedural)",
+                  "| supervised baseline with pretrained O-Net (procedural)",
+                  f"| KeypointNet{variant} with pretrained O-Net (procedural)"]
+  reference = planes["runs"][f"KeypointNet{variant}"]
+  ablations = text.split("## Ablations", 1)[1].split("\n## ", 1)[0]
+  assert f"| planes | none | the KeypointNet row above | {reference['mean']:.1f} |" in ablations
+  sweep = text.split("## Number of keypoints", 1)[1].split("\n## ", 1)[0]
+  assert f"| planes | 10 | KeypointNet row | {reference['mean']:.1f} |" in sweep
+  # The README's results table: rows a-d by method, under their full names; other seeds stay in the report.
+  methods = [line.split(" | ")[1] for line in readme_tables.results_table(output / reproduction.RESULTS_FILE).splitlines()[2:]]
+  assert methods == [f"KeypointNet{variant}", "supervised baseline", "KeypointNet + axis-anchor warm-up",
+                     "supervised baseline with pretrained O-Net", f"KeypointNet{variant} with pretrained O-Net"]

@@ -54,6 +54,6 @@ def test_learning_rate_schedule_and_validation():
   for step in (0, 10, 50, 100, 500):
     assert float(rate(step)) == pytest.approx(float(reference(step)), rel=1e-5)  # float32 rounding
   with pytest.raises(ValueError, match="lr_decay_fraction must be in"):
-    config_lib.resolve(dataclasses.replace(config_lib.cpu_preset("planes"), lr_decay_fraction=1.5))
-  decayed = dataclasses.replace(config_lib.cpu_preset("planes"), lr_decay_fraction=0.25)
+    config_lib.resolve(dataclasses.replace(config_lib.cpu_preset("chairs"), lr_decay_fraction=1.5))
+  decayed = dataclasses.replace(config_lib.cpu_preset("chairs"), lr_decay_fraction=0.25)
   assert config_lib.method_name(decayed) == "KeypointNet (variant: lr_decay_fraction 0.25)"

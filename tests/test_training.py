@@ -215,11 +215,12 @@ def test_mixed_precision_and_xla_options_train(tiny_planes, tmp_path):
 
 
 def test_anchor_weight_on_the_label_free_preset_gets_a_decay_step(tiny_planes, tmp_path):
-  # The CPU preset has no anchor; --anchor_weight=1 gives it one that decays at half the run (scaled to --steps).
+  # The CPU preset has no anchor; --anchor_weight=1 gives it one that decays at half the run (scaled to --steps,
+  # as the planes preset's silhouette warm-up is: 4,000 of 12,000 steps -> 1 of 4).
   data_dir, name = tiny_planes
   command = _train_command(data_dir, name, str(tmp_path / "anchored"), 4) + ["--anchor_weight=1"]
   proc = _run_train(command)
-  assert "Training KeypointNet + axis-anchor warm-up on planes" in proc.stdout
+  assert "Training KeypointNet + axis-anchor warm-up (variant: silhouette_warmup_steps 1) on planes" in proc.stdout
   assert "until step 2:" in proc.stdout and "'status': 'done'" in proc.stdout
   with open(tmp_path / "anchored" / "config.json") as f:
     assert json.load(f)["anchor_steps"] == 2

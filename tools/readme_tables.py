@@ -15,6 +15,8 @@ import sys
 from absl import app
 from absl import flags
 
+from keypointnet_tf import config as config_lib
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 PRETRAINED = REPO / "keypointnet_tf" / "pretrained"
@@ -56,7 +58,8 @@ def results_table(results_path=RESULTS):
            "|---|---|---|---|---|---|---|---|"]
   for category in [c for c in CATEGORIES if c in results] + sorted(set(results) - set(CATEGORIES)):
     runs = results[category]["runs"]
-    for method in [m for m in METHODS if m in runs]:
+    # A method's row under its full name: "KeypointNet (variant: ...)" fills KeypointNet's row (config.method_base).
+    for method in [name for m in METHODS for name in runs if config_lib.method_base(name) == m]:
       run = runs[method]
       lines.append(f"| {category} | {method} | {_budget(run['config'])} | {run['mean']:.1f} / {run['median']:.1f} | "
                    f"{run['3d_se']:.2f} | {run['das']:.2f} | {_pct(run['near_part'])} | {_pct(run['over_90'])} |")
