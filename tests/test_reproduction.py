@@ -57,10 +57,14 @@ def test_method_configs_share_one_budget(tmp_path, tiny_planes):
   assert anchored.anchor_steps == 1  # half of the 3 steps
   assert {c.steps for c in configs.values()} == {3} and {c.batch_size for c in configs.values()} == {2}
   assert supervised.supervised and supervised.model.num_keypoints == 9
-  # A preset that has its own anchor keeps it for the anchored row.
+  # A preset that has its own anchor keeps it for the anchored row (planes: with the preset's silhouette warm-up,
+  # which every row keeps, so the row names carry it).
   preset = config_lib.cpu_anchor_preset("planes")
-  anchored = reproduction.method_configs(dataclasses.replace(preset, data_dir=data_dir, dataset_config=name),
-                                         str(tmp_path))["KeypointNet + axis-anchor warm-up"]
+  configs = reproduction.method_configs(dataclasses.replace(preset, data_dir=data_dir, dataset_config=name),
+                                        str(tmp_path))
+  variant = " (variant: silhouette_warmup_steps 4000)"
+  assert list(configs)[:2] == [f"KeypointNet{variant}", f"KeypointNet + axis-anchor warm-up{variant}"]
+  anchored = configs[f"KeypointNet + axis-anchor warm-up{variant}"]
   assert anchored.loss.weights.anchor == preset.loss.weights.anchor and anchored.anchor_steps == preset.anchor_steps
 
 
