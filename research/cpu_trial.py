@@ -47,7 +47,12 @@ _CATEGORY = flags.DEFINE_enum("category", "planes", ["cars", "planes", "chairs"]
 
 
 def _anchored_v1(category):
-  return dataclasses.replace(config_lib.cpu_anchor_preset(category), dataset_config=f"{category}_small", batch_size=8)
+  """The anchored CPU preset of the first sessions, written out (not derived from today's presets)."""
+  return config_lib.TrainConfig(
+      category=category, dataset_config=f"{category}_small", steps=8000, batch_size=8, learning_rate=1e-3,
+      image_size=32, model=config_lib.ModelConfig(num_keypoints=10, num_filters=16, batch_norm_momentum=0.99),
+      anneal_start=3000, anneal_end=6000, log_every=50, image_summary_every=1000, checkpoint_every=500,
+      validate_every=1000, loss=config_lib.LossConfig(weights=config_lib.LossWeights(anchor=1.0)), anchor_steps=4000)
 
 
 BASES = {

@@ -102,6 +102,19 @@ def test_trial_commands_logged_with_the_old_fields_train_the_same_terms():
   assert same.loss.silhouette_warmup_steps == 4000 and same.seed == 1 and same.loss.extra_terms == ()
 
 
+def test_trial_bases_do_not_follow_the_library_presets():
+  # The logged commands must train what they trained when they were run: the bases are written out, so the planes
+  # preset's 12,000 steps and warm-up (2026-12-06) do not reach them.
+  for category in ("planes", "cars", "chairs"):
+    base = cpu_trial.BASES["label_free_x10"](category)
+    assert (base.steps, base.batch_size, base.dataset_config) == (8000, 32, f"{category}_small_x10")
+    assert base.loss == config.LossConfig() and config.method_name(base) == "KeypointNet"
+    anchored = cpu_trial.BASES["cpu"](category)
+    assert (anchored.steps, anchored.batch_size, anchored.anchor_steps) == (8000, 8, 4000)
+    assert anchored.loss == config.LossConfig(weights=config.LossWeights(anchor=1.0))
+  assert config.cpu_preset("planes").steps == 12000  # while the library's preset has moved on
+
+
 def test_image_plane_separation_ignores_depth_spread():
   # Ten keypoints on one image point, spread 0.3 units apart along the viewing ray: camera-space separation is
   # satisfied (0.09 > 0.05), image-plane separation charges every pair the full delta.
