@@ -321,15 +321,14 @@ def _method_order(name):
 
 
 def keypointnet_row(category_runs):
-  """The category's KeypointNet run (Table 1's row d), under its full name, variants included; None if absent.
+  """The category's KeypointNet run (Table 1's row d, "KeypointNet" or a named variant of it), or None.
 
   Args:
     category_runs: dict method name -> run, as stored in results.json.
   Returns:
-    (name, run) or None.
+    the run's dict, or None.
   """
-  return next(((name, run) for name, run in category_runs.items()
-               if config_lib.method_base(name) == "KeypointNet"), None)
+  return next((run for name, run in category_runs.items() if config_lib.method_base(name) == "KeypointNet"), None)
 
 
 def write_report(output_dir, path, command):
@@ -392,7 +391,7 @@ def write_report(output_dir, path, command):
               "", "| category | variant | change | mean | median | 3D-SE | < 30 deg | DAS | keypoints near a part |",
               "|---|---|---|---|---|---|---|---|---|"]
     reference = {category: keypointnet_row(stored[category]["runs"]) for category, _, _ in ablation_rows}
-    rows = [(category, "none", "the KeypointNet row above", row[1]) for category, row in reference.items() if row]
+    rows = [(category, "none", "the KeypointNet row above", run) for category, run in reference.items() if run]
     for category, method, run in ablation_rows:
       name = method.split(": ", 1)[1]
       base = config_lib.method_name(config_lib.from_dict(run["config"]))
@@ -411,8 +410,7 @@ def write_report(output_dir, path, command):
     for category in dict.fromkeys(category for category, _, _, _ in sweep_rows):
       reference = keypointnet_row(stored[category]["runs"])
       if reference:
-        sweep_rows.append((category, reference[1]["config"]["model"]["num_keypoints"], "KeypointNet row",
-                           reference[1]))
+        sweep_rows.append((category, reference["config"]["model"]["num_keypoints"], "KeypointNet row", reference))
     for category, n, source, run in sorted(sweep_rows, key=lambda row: (row[0], row[1], row[2] != "KeypointNet row")):
       lines.append(f"| {category} | {n} | {source} | {run['mean']:.1f} | {run['median']:.1f} | {run['3d_se']:.2f} | "
                    f"{run['under_30']:.0%} | {run.get('das', float('nan')):.2f} | "
