@@ -16,9 +16,11 @@ after the presets change: cpu is the anchored CPU preset of the first sessions (
 cpu_label_free the same without the anchor for 20,000 steps, label_free_x10 the CPU preset since 2026-11-25
 (`config.cpu_preset`: 2,000 training objects, 32 pairs per step, 8,000 steps).
 --eval_at trains to each step in turn (the run resumes between them; every schedule, the learning-rate decay
-included, follows the config's steps, so the legs train what one uninterrupted run trains), evaluates there and keeps a copy of that
-checkpoint in <run>/milestones/; the final step (config steps) is always evaluated. Every evaluation is appended as
-one JSON line to --results (with the trial's name, step, overrides, training seconds and the command), and printed.
+included, follows the config's steps, so the legs train what one uninterrupted run trains), evaluates there and
+keeps a copy of that checkpoint in <run>/milestones/; the final step (config steps) is always evaluated. A rerun
+resumes and skips the milestones the run had already passed (their evaluations are in --results from the leg that
+reached them). Every evaluation is appended as one JSON line to --results (with the trial's name, step, overrides,
+training seconds and the command), and printed.
 A data set that is not built yet is built first, as tools/train.py does.
 """
 
@@ -127,19 +129,37 @@ def _rounded(value):
   return value
 
 
+def legs(config, milestones, train=training.train):
+  """Trains to each milestone in turn; yields (step, train result, seconds) for each one the run stands at.
+
+  A milestone the run had already passed when it resumed is skipped with a message: its evaluation was logged by the
+  leg that reached it, and evaluating the latest checkpoint there would record later weights under an earlier step.
+  A run stopped at a milestone before its evaluation (the run stands exactly there) is evaluated.
+
+  Args:
+    config: the trial's TrainConfig.
+    milestones: ascending steps.
+    train: training.train or a stand-in with its signature (config, until=..., build_data=...).
+  """
+  for step in milestones:
+    started = time.time()
+    result = train(config, until=step, build_data=build.build_config)
+    if result["status"] != "done":
+      print("TRAIN", json.dumps(_rounded(result)))
+      sys.exit(f"Trial {config.model_dir} stopped at step {result['step']} ({result['status']}).")
+    if result["step"] > step:
+      print(f"Skipping the evaluation at step {step}: the run resumed past it (at step {result['step']}).")
+      continue
+    yield step, result, round(time.time() - started, 1)
+
+
 def main(argv):
   del argv
   overrides = json.loads(_OVERRIDES.value)
   config = merge(BASES[_PRESET.value](_CATEGORY.value), legacy_overrides(overrides))
   config = dataclasses.replace(config, model_dir=os.path.join(_RUNS.value, _NAME.value), data_dir=_DATA.value)
   milestones = sorted({int(s) for s in _EVAL_AT.value if int(s) < config.steps} | {config.steps})
-  for step in milestones:
-    started = time.time()
-    result = training.train(config, until=step, build_data=build.build_config)
-    if result["status"] != "done":
-      print("TRAIN", json.dumps(_rounded(result)))
-      sys.exit(f"Trial {_NAME.value} stopped at step {result['step']} ({result['status']}).")
-    train_seconds = round(time.time() - started, 1)
+  for step, result, train_seconds in legs(config, milestones):
     _keep_milestone(config.model_dir, step)
     row, _ = evaluation.evaluate_run(config.model_dir, "test", max_pairs=_EVAL_PAIRS.value,
                                      build_data=build.build_config)

@@ -1,5 +1,7 @@
 """The research package: its loss variants (registered by name), old runs' and trial commands' compatibility."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -113,6 +115,25 @@ def test_trial_bases_do_not_follow_the_library_presets():
     assert (anchored.steps, anchored.batch_size, anchored.anchor_steps) == (8000, 8, 4000)
     assert anchored.loss == config.LossConfig(weights=config.LossWeights(anchor=1.0))
   assert config.cpu_preset("planes").steps == 12000  # while the library's preset has moved on
+
+
+def test_a_resumed_trial_does_not_evaluate_later_weights_under_a_passed_milestone():
+  # A stand-in for training.train with Trainer.run's contract: from the stored step, train to min(until, steps);
+  # a run already at or past `until` returns its own step. Resumed at 17,571, milestones 5,000-15,000 are skipped
+  # (evaluating there would log step 17,571's weights as 5,000) and 20,000 and 25,000 are trained and yielded.
+  stored = {"step": 17571}
+
+  def train(config, until, build_data):
+    del build_data
+    stored["step"] = max(stored["step"], min(until, config.steps))
+    return {"step": stored["step"], "status": "done"}
+
+  base = dataclasses.replace(cpu_trial.BASES["label_free_x10"]("planes"), steps=25000)
+  legs = list(cpu_trial.legs(base, [5000, 10000, 15000, 20000, 25000], train=train))
+  assert [step for step, _, _ in legs] == [20000, 25000]
+  assert all(result["step"] == step for step, result, _ in legs)
+  # A run stopped exactly at a milestone (killed during its evaluation) is evaluated there when rerun.
+  assert [step for step, _, _ in cpu_trial.legs(base, [25000], train=train)] == [25000]
 
 
 def test_image_plane_separation_ignores_depth_spread():
