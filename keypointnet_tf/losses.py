@@ -172,13 +172,23 @@ def anchor_loss(uv, mv, focal):
 # is a function (outputs0, outputs1, batch, loss_config) -> [] float; LossConfig.extra_terms names the registered
 # terms a run adds to the total, with their weights.
 _EXTRA_TERMS = {}
+# The registered terms that follow the silhouette warm-up (silhouette_scale), like the silhouette term itself.
+_SILHOUETTE_SCHEDULED = set()
 
 
-def register_term(name, term):
-  """Makes `term` available to LossConfig.extra_terms under `name` (e.g. keypointnet_research.losses)."""
+def register_term(name, term, silhouette_schedule=False):
+  """Makes `term` available to LossConfig.extra_terms under `name` (e.g. keypointnet_research.losses).
+
+  Args:
+    name: str.
+    term: callable (outputs0, outputs1, batch, loss_config) -> [] float.
+    silhouette_schedule: bool. Whether the term's weight follows the silhouette warm-up (a variant of the
+      silhouette term does); otherwise it applies at full weight from step 0.
+  """
   if name in _EXTRA_TERMS and _EXTRA_TERMS[name] is not term:
     raise ValueError(f"A loss term named {name!r} is already registered.")
   _EXTRA_TERMS[name] = term
+  (_SILHOUETTE_SCHEDULED.add if silhouette_schedule else _SILHOUETTE_SCHEDULED.discard)(name)
 
 
 def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), generator=None, anchor_scale=1.0,
@@ -193,7 +203,8 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     loss_config: config.LossConfig. Weights, separation delta and pose noise.
     generator: tf.random.Generator, needed when loss_config.pose_noise_stddev > 0.
     anchor_scale: float or [] tensor. Factor on the anchor weight (its decay schedule).
-    silhouette_scale: float or [] tensor. Factor on the silhouette and variance weights (their warm-up).
+    silhouette_scale: float or [] tensor. Factor on the silhouette and variance weights (their warm-up), and on
+      the extra terms registered with silhouette_schedule.
   Returns:
     dict of [] float32: "total", the six weighted terms' raw values "pose", "consistency", "separation",
     "silhouette", "orientation", "variance", plus "chordal" (logged only), "anchor" when the anchor weight is not
@@ -226,7 +237,8 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     weights[name] = weight
   terms = {name: tf.cast(value, tf.float32) for name, value in terms.items()}
   silhouette_scale = tf.cast(silhouette_scale, tf.float32)
-  scales = {"anchor": tf.cast(anchor_scale, tf.float32), "silhouette": silhouette_scale, "variance": silhouette_scale}
+  scales = {"anchor": tf.cast(anchor_scale, tf.float32), "silhouette": silhouette_scale, "variance": silhouette_scale,
+            **{name: silhouette_scale for name, _ in loss_config.extra_terms if name in _SILHOUETTE_SCHEDULED}}
   terms["total"] = tf.add_n([weights[name] * scales.get(name, 1.0) * value for name, value in terms.items()])
   terms["chordal"] = tf.cast(pose["chordal"], tf.float32)
   return terms

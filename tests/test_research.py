@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keypointnet_research import cpu_trial
 from keypointnet_research import losses as research_losses
@@ -73,6 +74,61 @@ def test_total_loss_adds_the_registered_research_terms_with_their_weights():
   np.testing.assert_allclose(
       with_terms["total"], without["total"] - without["separation"] + 2.0 * with_terms["triangulation"] +
       with_terms["image_separation"], rtol=1e-5)
+
+
+def _numpy_dilated_silhouette(prob, mask, pixels):
+  """-log heatmap mass on the mask grown by `pixels` (square neighbourhood), by explicit loops."""
+  grown = np.zeros_like(mask, bool)
+  b, h, w = mask.shape
+  for i in range(h):
+    for j in range(w):
+      grown[:, i, j] = mask[:, max(i - pixels, 0):i + pixels + 1, max(j - pixels, 0):j + pixels + 1].any(axis=(1, 2))
+  return np.mean(-np.log(np.sum(prob * grown[:, None], axis=(2, 3)) + 1e-12))
+
+
+def test_dilated_silhouette_counts_mass_next_to_the_object():
+  rng = np.random.default_rng(7)
+  mask = np.zeros((2, 12, 12), bool)
+  mask[:, 3:8, 2:9] = True  # a block
+  mask[1, 5, 9:11] = True  # and a thin "wing" on the second example
+  prob = rng.uniform(size=(2, 3, 12, 12)) ** 8
+  prob /= prob.sum(axis=(2, 3), keepdims=True)
+  for pixels in (0, 1, 2):
+    np.testing.assert_allclose(research_losses.dilated_silhouette_loss(prob, mask, pixels),
+                               _numpy_dilated_silhouette(prob, mask, pixels), rtol=1e-5)
+  np.testing.assert_allclose(research_losses.dilated_silhouette_loss(prob, mask, 0),
+                             losses.silhouette_loss(prob, mask), rtol=1e-6)
+  # A heatmap one pixel past the wing's tip pays the paper's loss in full and nothing with the grown mask; one
+  # inside the block pays nothing either way.
+  tip = np.zeros((1, 2, 12, 12), np.float32)
+  tip[0, 0, 5, 11] = 1.0
+  tip[0, 1, 5, 5] = 1.0
+  assert losses.silhouette_loss(tip, mask[1:]).numpy() > 10
+  assert research_losses.dilated_silhouette_loss(tip, mask[1:]).numpy() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_dilated_silhouette_follows_the_silhouette_warm_up():
+  rng = np.random.default_rng(8)
+  mv0, mvi0, mv1, mvi1 = _random_cameras(rng, 2)
+  points = rng.uniform(-1, 1, size=(2, 4, 3))
+  batch = _batch_of(mv0, mvi0, mv1, mvi1)
+  mask = np.zeros((2, 8, 8, 4), np.float32)
+  mask[:, 2:6, 2:6] = 1.0  # the uniform heatmaps have a quarter of their mass on the object
+  batch["image0"] = batch["image1"] = tf.constant(mask)
+  outputs = (_outputs_of(points, mv0), _outputs_of(points, mv1))
+  variant = config.LossConfig(pose_noise_stddev=0.0, weights=config.LossWeights(silhouette=0.0),
+                              extra_terms=(("silhouette_dilated", 1.0),))
+  plain = config.LossConfig(pose_noise_stddev=0.0)
+  for scale in (0.0, 0.5, 1.0):
+    ours = losses.total_loss(*outputs, batch, variant, silhouette_scale=scale)
+    paper = losses.total_loss(*outputs, batch, plain, silhouette_scale=scale)
+    # Grown by one pixel, the 4 x 4 block covers 36 of 64 pixels: -log(36/64) per view against -log(16/64).
+    np.testing.assert_allclose(ours["silhouette_dilated"], -2 * np.log(36 / 64), rtol=1e-5)
+    np.testing.assert_allclose(ours["total"] - paper["total"],
+                               scale * (ours["silhouette_dilated"] - paper["silhouette"]), rtol=1e-4, atol=1e-6)
+  named = config.LossConfig(weights=config.LossWeights(silhouette=0.0), extra_terms=(("silhouette_dilated", 1.0),))
+  assert config.method_name(config.TrainConfig(loss=named)) == (
+      "KeypointNet (variant: silhouette 0, silhouette_dilated 1)")
 
 
 def test_runs_written_with_the_old_research_fields_still_load():
