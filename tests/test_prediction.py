@@ -196,7 +196,9 @@ def test_predict_with_a_shipped_model_in_one_command(tmp_path):
   out = tmp_path / "out"
   proc = _predict(["--model=planes", f"--images={folder}", f"--output={out}"], tmp_path)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert f"Keypoints of KeypointNet ({runs.pretrained_dir('planes')})" in proc.stdout
+  with open(os.path.join(runs.pretrained_dir("planes"), "pretrained.json")) as f:
+    method = json.load(f)["method"]  # the run's method name, a named variant included
+  assert f"Keypoints of {method} ({runs.pretrained_dir('planes')})" in proc.stdout
   assert sorted(os.listdir(out)) == ["contact_sheet.png", "mine.png"]
   bad = _predict(["--model=planes", "--model_dir=runs/x", f"--images={folder}"], tmp_path)
   assert bad.returncode == 2 and "exactly one of --model_dir" in bad.stderr
