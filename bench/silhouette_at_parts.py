@@ -20,6 +20,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from keypointnet_research import losses as research_losses
 from keypointnet_tf import evaluation
 from keypointnet_tf import geometry
 from keypointnet_tf import input_pipeline
@@ -30,7 +31,8 @@ _DILATION = flags.DEFINE_integer("dilation", 0, "Pixels by which the object's ma
 
 
 def _moved_mass(prob, mask, shifts):
-  """Mass on `mask` [H, W] of each heatmap prob [K, H, W] moved by shifts [K, 2] (rows, columns), in whole pixels."""
+  """Mass on `mask` [H, W] of each heatmap prob [K, H, W] moved by shifts [K, 2] (rows, columns), in whole pixels
+  (np.roll: mass moved past an edge re-enters at the opposite one, which is background for a centred object)."""
   return np.array([np.sum(np.roll(p, tuple(s), axis=(0, 1)) * mask) for p, s in zip(prob, shifts)])
 
 
@@ -39,11 +41,11 @@ def main(argv):
   net, config = runs.load_trained_model(_MODEL_DIR.value)
   dataset = input_pipeline.make_dataset(runs.dataset_source(config), "test", 32, image_size=config.image_size,
                                         shuffle=False, repeat=False, deterministic=True, drop_remainder=False)
-  size, grow = config.image_size, 2 * _DILATION.value + 1
+  size = config.image_size
   found = {name: [] for name in ("object", "parts", "valid", "part_uv", "uv", "prob", "mask")}
   for batch in dataset:
     for view in ("0", "1"):
-      mask = tf.nn.max_pool2d(tf.cast(batch["image" + view][..., 3:] > 0, tf.float32), grow, 1, "SAME")[..., 0]
+      mask = research_losses.grown_mask(batch["image" + view][..., 3] > 0, _DILATION.value)
       out = net(batch["image" + view], training=False)
       camera = geometry.unproject(tf.concat([out["uv"], out["z"][..., None]], -1), batch["focal"])
       found["object"].append(geometry.transform_points(batch["mvi" + view], camera).numpy())

@@ -109,10 +109,13 @@ def dilated_silhouette_loss(prob, mask, pixels=1):
   Returns:
     [] float. losses.silhouette_loss(prob, grown mask).
   """
-  mask = tf.cast(mask, tf.float32)[..., tf.newaxis]  # [B, H, W, 1]
-  if pixels:
-    mask = tf.nn.max_pool2d(mask, 2 * pixels + 1, 1, "SAME")
-  return losses.silhouette_loss(prob, mask[..., 0])
+  return losses.silhouette_loss(prob, grown_mask(mask, pixels))
+
+
+def grown_mask(mask, pixels):
+  """mask [B, H, W] (float or bool) grown by `pixels` in a square neighbourhood, as [B, H, W] float32."""
+  mask = tf.cast(mask, tf.float32)[..., tf.newaxis]
+  return tf.nn.max_pool2d(mask, 2 * pixels + 1, 1, "SAME")[..., 0] if pixels else mask[..., 0]
 
 
 def _triangulation_term(outputs0, outputs1, batch, loss_config):
