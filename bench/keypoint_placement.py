@@ -21,7 +21,6 @@ import numpy as np
 
 from keypointnet_tf import evaluation
 from keypointnet_tf import geometry
-from keypointnet_tf import input_pipeline
 from keypointnet_tf import runs
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
@@ -30,8 +29,7 @@ _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.", r
 def main(argv):
   del argv
   net, config = runs.load_trained_model(_MODEL_DIR.value)
-  dataset = input_pipeline.make_dataset(runs.dataset_source(config), "test", 32, image_size=config.image_size,
-                                        shuffle=False, repeat=False, deterministic=True, drop_remainder=False)
+  dataset = runs.ordered_split(config)
   size = config.image_size
   grid = geometry.ndc_grid(size, size).numpy().reshape(size * size, 2)  # [HW, 2]
   found = {name: [] for name in ("soft", "peak", "parts_camera", "valid", "parts", "z", "uv", "radius", "focal")}

@@ -23,7 +23,6 @@ import tensorflow as tf
 from keypointnet_research import losses as research_losses
 from keypointnet_tf import evaluation
 from keypointnet_tf import geometry
-from keypointnet_tf import input_pipeline
 from keypointnet_tf import runs
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
@@ -39,8 +38,7 @@ def _moved_mass(prob, mask, shifts):
 def main(argv):
   del argv
   net, config = runs.load_trained_model(_MODEL_DIR.value)
-  dataset = input_pipeline.make_dataset(runs.dataset_source(config), "test", 32, image_size=config.image_size,
-                                        shuffle=False, repeat=False, deterministic=True, drop_remainder=False)
+  dataset = runs.ordered_split(config)
   size = config.image_size
   found = {name: [] for name in ("object", "parts", "valid", "part_uv", "uv", "prob", "mask")}
   for batch in dataset:

@@ -267,9 +267,7 @@ def evaluate_run(model_dir, split="test", noise_stddev=0.0, max_pairs=None, data
   overrides = {k: v for k, v in (("data_dir", data_dir), ("released_dir", released_dir),
                                   ("dataset_config", dataset_config)) if v}
   config = dataclasses.replace(config, **overrides)
-  source = runs.dataset_source(config, build=build_data)
-  dataset = input_pipeline.make_dataset(source, split, batch_size, image_size=config.image_size, shuffle=False,
-                                        repeat=False, deterministic=True, drop_remainder=False)
+  dataset = runs.ordered_split(config, split, batch_size, build=build_data)
   predict = tf.function(lambda images: net(images, training=False), reduce_retracing=True)
   return evaluate(predict, dataset, noise_stddev=noise_stddev, max_pairs=max_pairs), config.category
 

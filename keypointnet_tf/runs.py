@@ -231,6 +231,18 @@ def dataset_source(config, build=None):
     return input_pipeline.find_tfds_dir(data_dir, config.dataset_config)
 
 
+def ordered_split(config, split="test", batch_size=32, build=None):
+  """Every pair of one split of a run's data once, in file order, at the run's image size (for evaluation and
+  diagnostics). Batches as input_pipeline.make_dataset's: image0/1 [B, S, S, 4], mv0/1, mvi0/1 [B, 4, 4], ...
+
+  Args:
+    config: a resolved TrainConfig; build: as for dataset_source.
+  """
+  return input_pipeline.make_dataset(dataset_source(config, build=build), split, batch_size,
+                                     image_size=config.image_size, shuffle=False, repeat=False, deterministic=True,
+                                     drop_remainder=False)
+
+
 @contextlib.contextmanager
 def _build_lock(data_dir, dataset_config, poll_secs=2.0):
   """Holds an exclusive lock on <data_dir>/shapenet_pairs/.<config>.lock, saying so while another process has it.
