@@ -63,6 +63,8 @@ def main(argv):
   placement = evaluation.keypoint_parts(a["object0"], a["parts"], a["valid"])
   tracked = np.array([keypoint["part"] for keypoint in placement["keypoints"]])  # [K]
   keep = a["valid"].all(axis=1)  # pairs whose every part exists
+  if not keep.any():
+    raise SystemExit(f"{_MODEL_DIR.value}: no test pair has every ground-truth part; this diagnostic needs them all.")
   sets = {"where the network puts them": a["object0"], "moved onto their tracked parts": a["parts"][:, tracked],
           "all ground-truth parts": a["parts"]}
   mv0, mv1 = a["mv0"][keep], a["mv1"][keep]
