@@ -32,10 +32,9 @@ _DRAWS = flags.DEFINE_integer("draws", 16, "Noise draws per pair.")
 _NOISE = flags.DEFINE_float("noise", None, "Pose-loss noise (default: the run's pose_noise_stddev).")
 
 
-def pose_degrees(obj, mv0, mv1, noise, draws, seed=0):
-  """Mean pose loss in degrees of object-space points obj [B, K, 3] seen by cameras mv0, mv1 [B, 4, 4]."""
+def pose_degrees(xyz0, xyz1, mv0, mv1, noise, draws, seed=0):
+  """Mean pose loss in degrees of camera-space keypoints xyz0, xyz1 [B, K, 3] of cameras mv0, mv1 [B, 4, 4]."""
   rotation = geometry.relative_rotation(mv0, mv1)
-  xyz0, xyz1 = geometry.transform_points(mv0, obj), geometry.transform_points(mv1, obj)
   generator = tf.random.Generator.from_seed(seed)
   values = [losses.pose_loss(xyz0, xyz1, rotation, noise, generator)["angular"] for _ in range(draws)]
   return float(np.degrees(np.mean(values)))
@@ -68,15 +67,15 @@ def main(argv):
   sets = {"where the network puts them": a["object0"], "moved onto their tracked parts": a["parts"][:, tracked],
           "all ground-truth parts": a["parts"]}
   mv0, mv1 = a["mv0"][keep], a["mv1"][keep]
-  own = losses.pose_loss(a["camera0"][keep], a["camera1"][keep], geometry.relative_rotation(mv0, mv1), noise,
-                         tf.random.Generator.from_seed(0))["angular"]
+  own = pose_degrees(a["camera0"][keep], a["camera1"][keep], mv0, mv1, noise, _DRAWS.value)
   print(f"{_MODEL_DIR.value} ({config.category}, {keep.sum()} pairs, noise {noise}, {_DRAWS.value} draws): "
         f"pose loss in degrees; separation loss (delta {config.loss.separation_delta}) of view 0")
-  print(f"  the network's own keypoints, as predicted in both views: {np.degrees(float(own)):.2f}")
+  print(f"  the network's own keypoints, as predicted in both views: {own:.2f}")
   for name, obj in sets.items():
     obj = obj[keep].astype(np.float32)
-    separation = float(losses.separation_loss(geometry.transform_points(mv0, obj), config.loss.separation_delta))
-    print(f"  {name} (consistent): pose {pose_degrees(obj, mv0, mv1, noise, _DRAWS.value):.2f}, "
+    xyz0, xyz1 = geometry.transform_points(mv0, obj), geometry.transform_points(mv1, obj)
+    separation = float(losses.separation_loss(xyz0, config.loss.separation_delta))
+    print(f"  {name} (consistent): pose {pose_degrees(xyz0, xyz1, mv0, mv1, noise, _DRAWS.value):.2f}, "
           f"separation {separation:.4f}")
   print(f"  tracked parts: {tracked.tolist()}")
 
