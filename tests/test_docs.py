@@ -120,13 +120,18 @@ def test_readme_tables_are_written_from_the_files(tmp_path, readme_tables):
   run = {"config": config, "mean": 19.04, "median": 14.67, "3d_se": 0.1876, "das": 0.5656, "near_part": 0.2383,
          "over_90": 0.0156}
   results = tmp_path / "results.json"
-  results.write_text(__import__("json").dumps({"planes": {"runs": {"supervised baseline": run, "KeypointNet": run,
-                                                                     "ablation: no_pose": run}}}))
+  other = {**run, "mean": 21.0, "median": 9.96}
+  results.write_text(__import__("json").dumps({"planes": {"runs": {
+      "supervised baseline, seed 2": other, "supervised baseline": run, "KeypointNet, seed 1": other,
+      "KeypointNet": run, "ablation: no_pose": run, "supervised baseline, seed 1": run}}}))
   table = tables.results_table(results).splitlines()
-  assert table[2:] == [  # row d before row a; ablations left out
-      "| planes | KeypointNet | `planes_small_x10`, 8,000 steps x 32 pairs, 32 px | 19.0 / 14.7 | 0.19 | 0.57 | 24% | 2% |",
-      "| planes | supervised baseline | `planes_small_x10`, 8,000 steps x 32 pairs, 32 px | 19.0 / 14.7 | 0.19 | 0.57 | "
-      "24% | 2% |"]
+  budget = "`planes_small_x10`, 8,000 steps x 32 pairs, 32 px"
+  assert table[2:] == [  # row d before row a, each followed by its other seeds in order; ablations left out
+      f"| planes | KeypointNet | {budget} | 19.0 / 14.7 | 0.19 | 0.57 | 24% | 2% |",
+      f"| planes | KeypointNet, seed 1 | {budget} | 21.0 / 10.0 | 0.19 | 0.57 | 24% | 2% |",
+      f"| planes | supervised baseline | {budget} | 19.0 / 14.7 | 0.19 | 0.57 | 24% | 2% |",
+      f"| planes | supervised baseline, seed 1 | {budget} | 19.0 / 14.7 | 0.19 | 0.57 | 24% | 2% |",
+      f"| planes | supervised baseline, seed 2 | {budget} | 21.0 / 10.0 | 0.19 | 0.57 | 24% | 2% |"]
   text = "a\n<!-- table:results (tools/readme_tables.py) -->\nold\n<!-- end table:results -->\nb"
   assert tables.replace_table(text, "results", "new") == (
       "a\n<!-- table:results (tools/readme_tables.py) -->\nnew\n<!-- end table:results -->\nb")

@@ -265,8 +265,8 @@ def test_a_variant_preset_fills_its_methods_rows(tmp_path, readme_tables):
   assert f"| planes | none | the KeypointNet row above | {reference['mean']:.1f} |" in ablations
   sweep = text.split("## Number of keypoints", 1)[1].split("\n## ", 1)[0]
   assert f"| planes | 10 | KeypointNet row | {reference['mean']:.1f} |" in sweep
-  # The README's results table: rows a-d by method, under their full names; other seeds stay in the report.
+  # The README's results table: rows a-d by method, under their full names, each followed by its other seeds.
   table = readme_tables.results_table(output / reproduction.RESULTS_FILE)
   methods = [line.split(" | ")[1] for line in table.splitlines()[2:]]
-  assert methods == [f"KeypointNet{variant}", "supervised baseline", "KeypointNet + axis-anchor warm-up",
+  assert methods == [f"KeypointNet{variant}", f"KeypointNet{variant}, seed 1", "supervised baseline", "KeypointNet + axis-anchor warm-up",
                      "supervised baseline with pretrained O-Net", f"KeypointNet{variant} with pretrained O-Net"]

@@ -15,6 +15,7 @@ import sys
 from absl import app
 from absl import flags
 
+from keypointnet_research import reproduction
 from keypointnet_tf import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -51,15 +52,30 @@ def shipped_table(pretrained_root=PRETRAINED):
   return "\n".join(lines)
 
 
+def _method(name):
+  """The Table 1 method of a stored row name: without its variant list and its ", seed N"."""
+  return config_lib.method_base(name.partition(reproduction.SEED_SUFFIX)[0])
+
+
+def _seed(name):
+  """Sort key: a method's own row (the preset's seed) first, then its other seeds in order."""
+  seed = name.partition(reproduction.SEED_SUFFIX)[2]
+  return int(seed) if seed.isdigit() else -1
+
+
 def results_table(results_path=RESULTS):
-  """Markdown table of Table 1's methods per category from reproduction/results.json (ablations left out)."""
+  """Markdown table of Table 1's methods per category from reproduction/results.json (ablations left out).
+
+  Each method's row is followed by its other seeds' rows, so the spread between seeds sits beside it.
+  """
   results = json.loads(pathlib.Path(results_path).read_text())
   lines = ["| category | method | budget | mean / median (deg) | 3D-SE | DAS | near a part | > 90 deg |",
            "|---|---|---|---|---|---|---|---|"]
   for category in [c for c in CATEGORIES if c in results] + sorted(set(results) - set(CATEGORIES)):
     runs = results[category]["runs"]
-    # A method's row under its full name: "KeypointNet (variant: ...)" fills KeypointNet's row (config.method_base).
-    for method in [name for m in METHODS for name in runs if config_lib.method_base(name) == m]:
+    # A method's row under its full name: "KeypointNet (variant: ...)" fills KeypointNet's row (config.method_base);
+    # its other seeds ("<method>, seed N", tools/reproduce.py --extra_seeds) follow it, by seed.
+    for method in [name for m in METHODS for name in sorted(runs, key=_seed) if _method(name) == m]:
       run = runs[method]
       lines.append(f"| {category} | {method} | {_budget(run['config'])} | {run['mean']:.1f} / {run['median']:.1f} | "
                    f"{run['3d_se']:.2f} | {run['das']:.2f} | {_pct(run['near_part'])} | {_pct(run['over_90'])} |")
