@@ -300,8 +300,11 @@ def load_results(output_dir):
 
 
 def _budget(run):
+  """One line for the report: the data, steps, pairs, size, width, N, training minutes and any anchor."""
   c = run["config"]
-  text = (f"{c['steps']:,} steps x {c['batch_size']} pairs ({c['steps'] * c['batch_size'] / 1000:.0f}k pairs), "
+  data = (f"`{c['dataset_config']}`, " if c["dataset_config"] else
+          f"released data in `{c['released_dir']}`, " if c["released_dir"] else "")
+  text = (f"{data}{c['steps']:,} steps x {c['batch_size']} pairs ({c['steps'] * c['batch_size'] / 1000:.0f}k pairs), "
           f"{c['image_size']} px, {c['model']['num_filters']} filters, N = {c['model']['num_keypoints']}"
           + (f", {run['train_seconds'] / 60:.0f} min of training" if run.get("train_seconds") is not None else ""))
   anchor = c["loss"]["weights"].get("anchor", 0.0)

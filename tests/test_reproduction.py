@@ -111,6 +111,7 @@ def test_tiny_reproduction_writes_results_report_and_pictures(tiny_planes, tmp_p
   ours = entry["runs"]["KeypointNet"]
   assert f"{ours['mean']:.1f} | {ours['median']:.1f} | {ours['3d_se']:.2f}" in text  # the report's precision
   assert "seed N" not in text  # no other seeds, no sentence about them
+  assert f"- planes, KeypointNet: `{ours['config']['dataset_config']}`, {ours['config']['steps']:,} steps x" in text
   # Tables first: ours, the paper's, the ablations, the sweep; budgets, pictures and commands after them.
   order = ["## Ours", "## The paper", "## Ablations", "## Number of keypoints", "## Deformation test",
            "## Budgets and notes", "## Pictures", "## Commands"]
