@@ -269,5 +269,6 @@ def test_a_variant_preset_fills_its_methods_rows(tmp_path, readme_tables):
   # The README's results table: rows a-d by method, under their full names, each followed by its other seeds.
   table = readme_tables.results_table(output / reproduction.RESULTS_FILE)
   methods = [line.split(" | ")[1] for line in table.splitlines()[2:]]
-  assert methods == [f"KeypointNet{variant}", f"KeypointNet{variant}, seed 1", "supervised baseline", "KeypointNet + axis-anchor warm-up",
-                     "supervised baseline with pretrained O-Net", f"KeypointNet{variant} with pretrained O-Net"]
+  assert methods == [f"KeypointNet{variant}", f"KeypointNet{variant}, seed 1", "supervised baseline",
+                     "KeypointNet + axis-anchor warm-up", "supervised baseline with pretrained O-Net",
+                     f"KeypointNet{variant} with pretrained O-Net"]
