@@ -158,6 +158,12 @@ def seed_name(name, seed):
   return f"{name}{SEED_SUFFIX}{seed}"
 
 
+def split_seed(name):
+  """The inverse of seed_name: "KeypointNet, seed 1" -> ("KeypointNet", 1); a name without a seed -> (name, -1)."""
+  base, _, seed = name.partition(SEED_SUFFIX)
+  return base, int(seed) if seed.isdigit() else -1
+
+
 def seeded_configs(configs, seeds):
   """Other seeds of the KeypointNet and supervised rows among `configs` (name -> TrainConfig).
 
@@ -318,9 +324,9 @@ def _method_order(name):
   """Sort key: the methods in Table 1's order of interest, each method's other seeds right after it."""
   order = ["KeypointNet", config_lib.ANCHOR_METHOD, "supervised baseline", "supervised baseline with pretrained O-Net",
            "KeypointNet with pretrained O-Net"]
-  base, _, seed = name.partition(SEED_SUFFIX)
+  base, seed = split_seed(name)
   method = config_lib.method_base(base)
-  return (order.index(method) if method in order else len(order), base, int(seed) if seed.isdigit() else -1)
+  return (order.index(method) if method in order else len(order), base, seed)
 
 
 def keypointnet_row(category_runs):

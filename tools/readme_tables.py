@@ -52,17 +52,6 @@ def shipped_table(pretrained_root=PRETRAINED):
   return "\n".join(lines)
 
 
-def _method(name):
-  """The Table 1 method of a stored row name: without its variant list and its ", seed N"."""
-  return config_lib.method_base(name.partition(reproduction.SEED_SUFFIX)[0])
-
-
-def _seed(name):
-  """Sort key: a method's own row (the preset's seed) first, then its other seeds in order."""
-  seed = name.partition(reproduction.SEED_SUFFIX)[2]
-  return int(seed) if seed.isdigit() else -1
-
-
 def results_table(results_path=RESULTS):
   """Markdown table of Table 1's methods per category from reproduction/results.json (ablations left out).
 
@@ -75,7 +64,9 @@ def results_table(results_path=RESULTS):
     runs = results[category]["runs"]
     # A method's row under its full name: "KeypointNet (variant: ...)" fills KeypointNet's row (config.method_base);
     # its other seeds ("<method>, seed N", tools/reproduce.py --extra_seeds) follow it, by seed.
-    for method in [name for m in METHODS for name in sorted(runs, key=_seed) if _method(name) == m]:
+    by_seed = sorted(runs, key=lambda name: reproduction.split_seed(name)[1])
+    for method in [name for m in METHODS for name in by_seed
+                   if config_lib.method_base(reproduction.split_seed(name)[0]) == m]:
       run = runs[method]
       lines.append(f"| {category} | {method} | {_budget(run['config'])} | {run['mean']:.1f} / {run['median']:.1f} | "
                    f"{run['3d_se']:.2f} | {run['das']:.2f} | {_pct(run['near_part'])} | {_pct(run['over_90'])} |")
