@@ -172,10 +172,16 @@ def _free_ports(count):
 
 
 def _run_workers(script, data_dir, name, model_dir, steps, ports, indices, timeout=240):
+  """Worker processes of _WORKER_SCRIPT (index -1: a single process), all in model_dir; [(stdout, stderr, code)]."""
+  return _run_jobs(script, data_dir, name, steps, ports, [(i, model_dir) for i in indices], timeout)
+
+
+def _run_jobs(script, data_dir, name, steps, ports, jobs, timeout=240):
+  """Like _run_workers, each (index, model_dir) job in its own folder, all at once."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   procs = [subprocess.Popen([sys.executable, str(script), str(i), ",".join(map(str, ports)), data_dir, name,
                              model_dir, str(steps)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO) for i in indices]
+                            text=True, cwd=REPO) for i, model_dir in jobs]
   outputs = []
   try:
     for proc in procs:
@@ -205,9 +211,9 @@ def test_two_workers_match_one_process_and_resume(tiny_planes, tmp_path):
   script = tmp_path / "worker.py"
   script.write_text(_WORKER_SCRIPT)
   cluster, single = str(tmp_path / "cluster"), str(tmp_path / "single")
-  ports = _free_ports(2)
-  first = [_result(o) for o in _run_workers(script, data_dir, name, cluster, 1, ports, (0, 1))]
-  reference = _result(_run_workers(script, data_dir, name, single, 1, ports, (-1,))[0])
+  # The single process runs beside the cluster (its own folder; it joins no cluster).
+  jobs = [(0, cluster), (1, cluster), (-1, single)]
+  *first, reference = [_result(o) for o in _run_jobs(script, data_dir, name, 1, _free_ports(2), jobs)]
   assert [r["step"] for r in first] == [1, 1] and reference["step"] == 1
   assert first[0]["total"] == pytest.approx(reference["total"], rel=1e-5)
   assert _close(cluster, single) < 0.01  # measured 0.2%: Adam's first step is lr * sign(gradient)
@@ -218,13 +224,12 @@ def test_two_workers_match_one_process_and_resume(tiny_planes, tmp_path):
   # Both stopped and started again: they resume at step 1, and their loss at step 3 is the single process's
   # (weights drift apart by float round-off compounded through Adam's early sign-like steps: ~8% of the update
   # after 3 steps, so the loss is the sharper check here).
-  ports = _free_ports(2)
-  second = _run_workers(script, data_dir, name, cluster, 3, ports, (0, 1))
+  *second, single_second = _run_jobs(script, data_dir, name, 3, _free_ports(2), jobs)
   assert "Resuming from" in second[0][0] and "(step 1)" in second[0][0]
   assert "Resuming from" not in second[1][0]  # only the chief prints
   results = [_result(o) for o in second]
   assert [r["step"] for r in results] == [3, 3]
-  reference = _result(_run_workers(script, data_dir, name, single, 3, ports, (-1,))[0])
+  reference = _result(single_second)
   assert results[0]["total"] == pytest.approx(reference["total"], rel=2e-3)
   # A cluster stopped between two saves: worker 1's latest checkpoint is step 1, the chief's step 3. Both go back
   # to step 1 (which both keep) instead of training on from different weights.

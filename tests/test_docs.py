@@ -1,12 +1,13 @@
 """The documentation matches the code: links resolve, tool commands name real flags, generated tables are current."""
 
-import concurrent.futures
+import json
 import os
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -40,18 +41,50 @@ def _commands(text):
   return [command.strip() for command in found]
 
 
-def _flags_of(script):
-  """Names of every flag a tool accepts: from --helpfull for absl programs, else the flags its usage text names."""
-  source = (REPO / script).read_text()
-  if "from absl import" not in source:  # positional arguments only (bench/trial_table.py)
-    usage = re.search(r'"""(.*?)"""', source, flags=re.S).group(1)
-    return set(re.findall(r"--([A-Za-z0-9_]+)", usage)) | {"help"}
+# Imports every absl tool in one process (TensorFlow once, not once per tool) and prints the flag names each one
+# accepts: the flags defined once the tool's module has run (as --helpfull lists them: its own, absl's and the help
+# flags). A tool's own flags are removed again, and a module that defined some forgotten, before the next tool.
+_FLAG_LISTER = textwrap.dedent("""
+    import json, os, runpy, sys
+    from absl import app, flags, logging
+    import tensorflow, tensorflow_datasets, keras
+    app.define_help_flags()
+    repo, scripts = sys.argv[1], sys.argv[2:]
+    result = {}
+    for script in scripts:
+      before = set(flags.FLAGS)
+      sys.argv, path = [script], os.path.dirname(os.path.join(repo, script))
+      sys.path.insert(0, path)  # as `python <script>` does: a tool may import its neighbours
+      runpy.run_path(os.path.join(repo, script), run_name="flag_lister")
+      sys.path.remove(path)
+      result[script] = sorted(flags.FLAGS)
+      for name in set(flags.FLAGS) - before:
+        sys.modules.pop(flags.FLAGS.find_module_defining_flag(name), None)  # imported again by the next tool
+        delattr(flags.FLAGS, name)
+    print("FLAGS " + json.dumps(result))
+""")
+
+
+def _flags_of(scripts):
+  """{script: names of every flag it accepts}: absl programs' flags as they define them (see _FLAG_LISTER); the
+  others take the flags their usage text names."""
+  known, absl_scripts = {}, []
+  for script in scripts:
+    source = (REPO / script).read_text()
+    if "from absl import" in source:
+      absl_scripts.append(script)
+    else:  # positional arguments only (bench/trial_table.py)
+      usage = re.search(r'"""(.*?)"""', source, flags=re.S).group(1)
+      known[script] = set(re.findall(r"--([A-Za-z0-9_]+)", usage)) | {"help"}
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
-  proc = subprocess.run([sys.executable, script, "--helpfull"], cwd=REPO, capture_output=True, text=True, env=env,
-                        timeout=300)
-  names = set(re.findall(r"--(?:\[no\])?([A-Za-z0-9_]+)", proc.stdout))
-  assert "helpfull" in names, f"{script} --helpfull printed no flag list:\n{proc.stdout[-500:]}{proc.stderr[-1500:]}"
-  return names
+  proc = subprocess.run([sys.executable, "-c", _FLAG_LISTER, str(REPO), *absl_scripts], cwd=REPO,
+                        capture_output=True, text=True, env=env, timeout=300)
+  line = next((l for l in proc.stdout.splitlines() if l.startswith("FLAGS ")), None)
+  assert line, f"the flag lister printed no flags:\n{proc.stdout[-500:]}{proc.stderr[-2000:]}"
+  for script, names in json.loads(line[len("FLAGS "):]).items():
+    assert "helpfull" in names and len(names) > 10, (script, names)
+    known[script] = set(names)
+  return known
 
 
 def test_readme_is_a_short_user_guide():
@@ -85,7 +118,7 @@ def test_relative_links_in_the_docs_resolve():
   assert not broken, broken
 
 
-@pytest.mark.slow  # starts every tool once (--helpfull)
+@pytest.mark.slow  # imports every tool in one process
 def test_every_documented_tool_command_names_real_flags():
   commands = {}
   for page in DOCS:
@@ -95,8 +128,7 @@ def test_every_documented_tool_command_names_real_flags():
   problems = [f"{script} does not exist ({uses[0][0]})" for script, uses in commands.items()
               if not (REPO / script).is_file()]
   scripts = sorted(script for script in commands if (REPO / script).is_file())
-  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:  # each --helpfull imports TensorFlow
-    flags_of = dict(zip(scripts, pool.map(_flags_of, scripts)))
+  flags_of = _flags_of(scripts)
   for script in scripts:
     known = flags_of[script]
     for page, command in commands[script]:
