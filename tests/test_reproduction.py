@@ -240,14 +240,18 @@ def test_extra_seeds_repeat_rows_a_and_d(tiny_planes, tmp_path):
 def test_a_variant_preset_fills_its_methods_rows(tmp_path, readme_tables):
   # The planes preset's row d is "KeypointNet (variant: ...)": the report and the README table place it (and its
   # row c) where KeypointNet's rows go and measure the ablations and the N sweep against it. The stored results
-  # with the rows renamed (no training).
+  # with every row (an ablation and an N-sweep row among them) a copy of one stored label-free run (no training).
   with open(os.path.join(REPO, "reproduction", "results.json")) as f:
     planes = json.load(f)["planes"]
+  stored = next(run for run in planes["runs"].values()
+                if not run["config"]["supervised"] and run["config"]["model"]["num_keypoints"] == 10)
   variant = " (variant: silhouette_warmup_steps 4000)"
-  renames = {"KeypointNet": f"KeypointNet{variant}",
-             "KeypointNet with pretrained O-Net": f"KeypointNet{variant} with pretrained O-Net"}
-  planes["runs"] = {renames.get(name, name): run for name, run in reversed(planes["runs"].items())}
-  planes["runs"][f"KeypointNet{variant}, seed 1"] = planes["runs"][f"KeypointNet{variant}"]
+  fewer = json.loads(json.dumps(stored))
+  fewer["config"]["model"]["num_keypoints"] = 8
+  names = ["ablation: no_pose", f"KeypointNet{variant} with pretrained O-Net", "supervised baseline",
+           f"KeypointNet{variant}, seed 1", "KeypointNet + axis-anchor warm-up", f"KeypointNet{variant}",
+           "supervised baseline with pretrained O-Net"]  # out of order on purpose
+  planes["runs"] = {**{name: stored for name in names}, "ablation: keypoints_8": fewer}
   planes["pictures"] = {}
   output = tmp_path / "out"
   output.mkdir()
@@ -261,11 +265,12 @@ def test_a_variant_preset_fills_its_methods_rows(tmp_path, readme_tables):
                   "| KeypointNet + axis-anchor warm-up (procedural)", "| supervised baseline (procedural)",
                   "| supervised baseline with pretrained O-Net (procedural)",
                   f"| KeypointNet{variant} with pretrained O-Net (procedural)"]
-  reference = planes["runs"][f"KeypointNet{variant}"]
   ablations = text.split("## Ablations", 1)[1].split("\n## ", 1)[0]
-  assert f"| planes | none | the KeypointNet row above | {reference['mean']:.1f} |" in ablations
+  assert ablations.index(f"| planes | none | the KeypointNet row above | {stored['mean']:.1f} |") < \
+      ablations.index("| planes | no_pose |")
   sweep = text.split("## Number of keypoints", 1)[1].split("\n## ", 1)[0]
-  assert f"| planes | 10 | KeypointNet row | {reference['mean']:.1f} |" in sweep
+  assert sweep.index(f"| planes | 8 | ablation | {stored['mean']:.1f} |") < \
+      sweep.index(f"| planes | 10 | KeypointNet row | {stored['mean']:.1f} |")
   # The README's results table: rows a-d by method, under their full names, each followed by its other seeds.
   table = readme_tables.results_table(output / reproduction.RESULTS_FILE)
   methods = [line.split(" | ")[1] for line in table.splitlines()[2:]]
