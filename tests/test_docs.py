@@ -43,7 +43,7 @@ def _commands(text):
 
 # Imports every absl tool in one process (TensorFlow once, not once per tool) and prints the flag names each one
 # accepts: the flags defined once the tool's module has run (as --helpfull lists them: its own, absl's and the help
-# flags). A tool's own flags are removed again, and a module that defined some forgotten, before the next tool.
+# flags). A tool's own flags (its own and its project modules') are removed again before the next tool.
 _FLAG_LISTER = textwrap.dedent("""
     import json, os, runpy, sys
     from absl import app, flags, logging
@@ -58,9 +58,15 @@ _FLAG_LISTER = textwrap.dedent("""
       runpy.run_path(os.path.join(repo, script), run_name="flag_lister")
       sys.path.remove(path)
       result[script] = sorted(flags.FLAGS)
-      for name in set(flags.FLAGS) - before:
-        sys.modules.pop(flags.FLAGS.find_module_defining_flag(name), None)  # imported again by the next tool
-        delattr(flags.FLAGS, name)
+      defined = {name: flags.FLAGS.find_module_defining_flag(name) for name in set(flags.FLAGS) - before}
+      ours = {module for module in defined.values()  # the tool and its project modules (a library's flags stay)
+              if module == "flag_lister" or (getattr(sys.modules.get(module), "__file__", None) or "").startswith(
+                  repo + os.sep)}
+      for name, module in defined.items():
+        if module in ours:
+          delattr(flags.FLAGS, name)
+      for module in ours:
+        sys.modules.pop(module, None)  # imported again, so its flags defined again, by the next tool using it
     print("FLAGS " + json.dumps(result))
 """)
 
