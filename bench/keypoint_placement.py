@@ -8,7 +8,10 @@ the heatmap's root-mean-square radius around its mean, in pixels (under 1: a sha
 what places the keypoint); the median 3D distance to p when (u, v) is the heatmap's expectation and when it is its
 highest pixel; the median distance to p in the image plane (object units at the object's depth); and the slope of
 k's depth, relative to the mean depth of the view's keypoints, against p's relative depth (1 when k follows p in
-depth, under 1 when it sits nearer the object's centre in depth).
+depth, under 1 when it sits nearer the object's centre in depth). On the procedural categories, which are mirror
+symmetric, also: k's median distance from the symmetry plane, its share with each part and its mirror image
+counted as one (a keypoint on the plane between two mirror parts flips between them from view to view), and how
+many keypoints sit nearer the plane than every part off it does.
 """
 
 import os
@@ -22,6 +25,7 @@ import numpy as np
 from keypointnet_tf import evaluation
 from keypointnet_tf import geometry
 from keypointnet_tf import runs
+from keypointnet_datasets.shapenet_pairs import procedural
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
 
@@ -53,11 +57,22 @@ def main(argv):
   a = {name: np.concatenate(values) for name, values in found.items()}
   if not a["parts"].shape[1]:
     raise SystemExit(f"{_MODEL_DIR.value}: the data has no ground-truth keypoints.")
-  placement = evaluation.keypoint_parts(a["soft"], a["parts"], a["valid"])
+  names = procedural.KEYPOINT_NAMES.get(config.category, ())
+  mirror = procedural.mirror_parts(config.category) if len(names) == a["parts"].shape[1] else None
+  placement = evaluation.keypoint_parts(a["soft"], a["parts"], a["valid"], mirror=mirror)
+  across = np.abs(a["soft"][..., procedural.SYMMETRY_AXIS])  # [V, K] distance from the symmetry plane
   # Image-plane offsets in object units at the keypoint's depth: NDC * |z| / focal.
   scale = -a["z"] / a["focal"][:, None]  # [V, K]
   part_uv = geometry.project(a["parts_camera"].astype(np.float32), a["focal"]).numpy()[..., :2]
   print(f"{_MODEL_DIR.value} ({config.category}, {size} px, {len(a['z'])} views):")
+  if mirror is not None:
+    off_plane = [np.median(np.abs(a["parts"][a["valid"][:, p], p, procedural.SYMMETRY_AXIS]))
+                 for p in range(len(names)) if mirror[p] != p]
+    on_plane = int(np.sum(np.median(across, axis=0) < min(off_plane)))
+    shares = [(k["share"], k["share_mirrored"]) for k in placement["keypoints"]]
+    print(f"  forward half of DAS {np.mean([s for s, _ in shares]):.3f}, {np.mean([m for _, m in shares]):.3f} with "
+          f"mirror parts as one; {on_plane} of {len(shares)} keypoints nearer the symmetry plane than every part "
+          f"off it (the nearest of those parts: median {min(off_plane):.2f} from it)")
   for k, keypoint in enumerate(placement["keypoints"]):
     p, seen = keypoint["part"], a["valid"][:, keypoint["part"]]
     soft, peak = (np.median(np.linalg.norm(a[name][seen, k] - a["parts"][seen, p], axis=-1)) for name in ("soft", "peak"))
@@ -67,7 +82,9 @@ def main(argv):
     slope = np.polyfit(depth_p, depth_k, 1)[0]
     print(f"  keypoint {k}: part {p} in {keypoint['share']:.0%} of views; heatmap radius "
           f"{a['radius'][seen, k].mean():.2f} px; to the part {soft:.2f} (expectation) / {peak:.2f} (peak pixel), "
-          f"{image:.2f} in the image plane; depth slope {slope:.2f}")
+          f"{image:.2f} in the image plane; depth slope {slope:.2f}" +
+          ("" if mirror is None else f"; {np.median(across[:, k]):.2f} from the symmetry plane, part or its mirror "
+           f"in {keypoint['share_mirrored']:.0%} of views"))
 
 
 if __name__ == "__main__":

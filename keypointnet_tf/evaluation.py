@@ -122,10 +122,14 @@ def semantic_scores(predicted, ground_truth, valid, radius=PART_RADIUS):
   return {"das": (forward + backward) / 2, "das_forward": forward, "das_backward": backward, "near_part": near}
 
 
-def keypoint_parts(predicted, ground_truth, valid, radius=PART_RADIUS, caller="keypoint_parts"):
+def keypoint_parts(predicted, ground_truth, valid, radius=PART_RADIUS, caller="keypoint_parts", mirror=None):
   """Which part each predicted keypoint tracks, and which keypoint tracks each part: DAS's two halves in full.
 
-  Args: as semantic_scores.
+  Args: as semantic_scores, and
+    mirror: optional [P] int, each part's mirror image across the object's symmetry plane (itself for a part on
+      it; procedural.mirror_parts). Then each keypoint also gets "share_mirrored": its share with every part and
+      its mirror image counted as one part (a keypoint on the plane between two mirror parts scores about 0.5 in
+      "share" however steadily it sits there, and near 1 here).
   Returns:
     dict, or None when no view has a valid part:
       "keypoints": K dicts: "part" (index of the part nearest to keypoint k in most views), "share" (the share of
@@ -143,12 +147,15 @@ def keypoint_parts(predicted, ground_truth, valid, radius=PART_RADIUS, caller="k
   nearest_part = distance.argmin(axis=2)  # [V, K]
   closest = distance.min(axis=2)  # [V, K]
   keypoints = []
+  pair = None if mirror is None else np.minimum(np.arange(distance.shape[2]), np.asarray(mirror))[nearest_part]
   for k in range(distance.shape[1]):
     counts = np.bincount(nearest_part[:, k], minlength=distance.shape[2])
     keypoints.append({"part": int(counts.argmax()), "share": float(counts.max() / counts.sum()),
                       "median_distance": float(np.median(closest[:, k])),
                       "near": float(np.mean(closest[:, k] < radius)),
                       "mean": predicted[:, k].mean(axis=0).tolist()})
+    if pair is not None:
+      keypoints[-1]["share_mirrored"] = float(np.bincount(pair[:, k]).max() / len(pair))
   nearest_keypoint = distance.argmin(axis=1)  # [V, P]
   parts = []
   for p in range(distance.shape[2]):

@@ -4,7 +4,8 @@ Examples:
   python bench/trial_table.py reproduction/trials.jsonl                              # print the rows
   python bench/trial_table.py reproduction/trials.jsonl reproduction/trials.md       # rewrite the table there
 Prints one row per evaluation in file order: trial, method name, step, pairs seen, mean / median angular error,
-3D-SE, DAS, keypoints near a part, shares under 30 and over 90 degrees, orientation-flag accuracy (trials since
+3D-SE, DAS with its forward and backward halves (each keypoint on one part; each part under one keypoint), keypoints
+near a part, shares under 30 and over 90 degrees, orientation-flag accuracy (trials since
 2026-11-25, fifth session), training minutes of that leg, preset, overrides.
 """
 
@@ -23,14 +24,22 @@ def method(record):
   return config_lib.method_name(config), config.batch_size
 
 
+def _das(record):
+  """DAS, with its two halves where the trial recorded them."""
+  if "das" not in record:
+    return "—"
+  halves = (f" ({record['das_forward']:.2f} / {record['das_backward']:.2f})" if "das_backward" in record else "")
+  return f"{record['das']:.3f}{halves}"
+
+
 def rows(records):
-  yield ("| trial | method | category | step | pairs seen | mean | median | 3D-SE | DAS | near a part | < 30 deg | "
-         "> 90 deg | flag accuracy | leg minutes | preset | overrides of the preset |")
+  yield ("| trial | method | category | step | pairs seen | mean | median | 3D-SE | DAS (forward / backward) | "
+         "near a part | < 30 deg | > 90 deg | flag accuracy | leg minutes | preset | overrides of the preset |")
   yield "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for r in records:
     name, batch = method(r)
     yield (f"| {r['name']} | {name} | {r['category']} | {r['step']:,} | {r['step'] * batch / 1000:.0f}k | "
-           f"{r['mean']:.1f} | {r['median']:.1f} | {r['3d_se']:.3f} | {r.get('das', float('nan')):.3f} | "
+           f"{r['mean']:.1f} | {r['median']:.1f} | {r['3d_se']:.3f} | {_das(r)} | "
            f"{r.get('near_part', float('nan')):.1%} | {r['under_30']:.1%} | {r['over_90']:.1%} | "
            f"{format(r['flag_accuracy'], '.1%') if 'flag_accuracy' in r else '—'} | "
            f"{r['train_seconds_this_leg'] / 60:.1f} | {r.get('preset', 'cpu')} | `{json.dumps(r['overrides'])}` |")

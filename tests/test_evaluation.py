@@ -130,3 +130,20 @@ def test_keypoint_parts_hand_values_and_agreement_with_das():
   assert evaluation.semantic_scores(predicted, np.stack([parts] * 3), valid)["das_backward"] == pytest.approx(
       (2 / 3 + 1) / 2)
   assert evaluation.keypoint_parts(predicted, np.stack([parts] * 3), np.zeros((3, 3), bool)) is None
+
+
+def test_keypoint_parts_with_mirror_parts_counts_a_part_and_its_mirror_as_one():
+  # Left part L (0, 0, -1), right part R (0, 0, 1) (each other's mirror), nose N (2, 0, 0). Four views: keypoint 0
+  # sits on the plane between L and R, a hair nearer R, L, R, L (share 1/2; as one part 1); keypoint 1 sits on N in
+  # views 0-2 and nearest L in view 3 (share 3/4, also 3/4 as one part: N is its own mirror).
+  parts = np.array([[0, 0, -1], [0, 0, 1], [2, 0, 0]], float)
+  hair = [0.01, -0.01, 0.01, -0.01]
+  predicted = np.array([[[0, 0, h], [2, 0, 0] if v < 3 else [0, 0, -0.9]] for v, h in enumerate(hair)])
+  valid = np.ones((4, 3), bool)
+  found = evaluation.keypoint_parts(predicted, np.stack([parts] * 4), valid, mirror=[1, 0, 2])
+  k0, k1 = found["keypoints"]
+  assert k0["share"] == pytest.approx(0.5) and k0["share_mirrored"] == pytest.approx(1.0)
+  assert k1["share"] == pytest.approx(0.75) and k1["share_mirrored"] == pytest.approx(0.75)
+  plain = evaluation.keypoint_parts(predicted, np.stack([parts] * 4), valid)
+  assert "share_mirrored" not in plain["keypoints"][0]
+  assert [{k: v for k, v in kp.items() if k != "share_mirrored"} for kp in found["keypoints"]] == plain["keypoints"]

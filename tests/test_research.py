@@ -206,3 +206,20 @@ def test_image_plane_separation_ignores_depth_spread():
   points = research_losses.image_plane_points(uv2, np.array([[-28.0, -29.3]], np.float32), FOCAL).numpy()
   assert np.linalg.norm(points[0, 0] - points[0, 1]) == pytest.approx(0.1 * 28.65 / FOCAL, rel=1e-5)
   assert np.allclose(points[..., 2], -28.65)
+
+
+def test_trial_table_rows_show_the_das_halves_where_recorded():
+  from keypointnet_research import trial_table  # pylint: disable=g-import-not-at-top
+  record = {"name": "t_seed0", "category": "planes", "preset": "label_free_x10", "step": 12000, "mean": 10.74,
+            "median": 8.26, "3d_se": 0.1534, "das": 0.7, "das_forward": 0.6403, "das_backward": 0.7597,
+            "near_part": 0.3453, "under_30": 0.969, "over_90": 0.003, "flag_accuracy": 0.984,
+            "train_seconds_this_leg": 600.0, "overrides": {"seed": 0, "steps": 12000}}
+  older = {k: v for k, v in record.items() if k not in ("das_forward", "das_backward", "flag_accuracy")}
+  header, rule, row, old_row = trial_table.rows([record, older])
+  assert header.count("|") == rule.count("|") == row.count("|") == old_row.count("|")
+  cells = [cell.strip() for cell in row.split("|")[1:-1]]
+  columns = [cell.strip() for cell in header.split("|")[1:-1]]
+  assert dict(zip(columns, cells))["DAS (forward / backward)"] == "0.700 (0.64 / 0.76)"
+  assert cells[:9] == ["t_seed0", "KeypointNet", "planes", "12,000", "384k", "10.7", "8.3", "0.153",
+                       "0.700 (0.64 / 0.76)"]
+  assert dict(zip(columns, [c.strip() for c in old_row.split("|")[1:-1]]))["DAS (forward / backward)"] == "0.700"

@@ -30,6 +30,15 @@ KEYPOINT_NAMES = {
                "back_top_right"),
 }
 CATEGORY_SCALE = {"planes": 1.0, "cars": 1.0, "chairs": 0.8}
+SYMMETRY_AXIS = 2  # the object frame's axis across the symmetry plane X-Y (module docstring): Z
+
+
+def mirror_parts(category):
+  """[P] int: for each of the category's keypoints, the index of its mirror image across the symmetry plane (the
+  "left_" part of a "right_" one and back; itself for a part on the plane, such as the nose)."""
+  names = KEYPOINT_NAMES[category]
+  swapped = [name.replace("left", "\0").replace("right", "left").replace("\0", "right") for name in names]
+  return np.array([names.index(name) for name in swapped])
 
 
 @dataclasses.dataclass

@@ -25,6 +25,14 @@ def test_procedural_is_deterministic_varied_normalised_and_keypoints_on_surface(
     if "left" in name:
       j = names.index(name.replace("left", "right"))
       assert first.keypoints[i, 2] < 0 < first.keypoints[j, 2]
+  # mirror_parts pairs each with its mirror image: reflected through the plane, every keypoint lands on its pair's
+  # (both generators build mirror-symmetric objects), and the parts on the plane pair with themselves.
+  mirror = procedural.mirror_parts(category)
+  reflected = first.keypoints * np.array([1.0, 1.0, -1.0])
+  assert procedural.SYMMETRY_AXIS == 2
+  np.testing.assert_allclose(reflected, first.keypoints[mirror], atol=1e-6)
+  assert sorted(mirror) == list(range(len(names))) and all(mirror[mirror] == np.arange(len(names)))
+  assert sum(mirror == np.arange(len(names))) == {"planes": 3, "cars": 2, "chairs": 0}[category]
 
 
 @pytest.mark.parametrize("generator", procedural.GENERATORS)
