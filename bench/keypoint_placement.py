@@ -1,7 +1,8 @@
 """Where a run's keypoints sit relative to the part each tracks: sharpness, image-plane offset, depth (a diagnostic).
 
-Example:
+Examples:
   python bench/keypoint_placement.py --model_dir=/tmp/trials/silwarm4k_12k_seed0
+  python bench/keypoint_placement.py --model_dir=RUN --checkpoint=RUN/milestones/ckpt-5000   # an earlier step
 Over both views of every test pair, for each keypoint k and the ground-truth part p nearest to it in most views
 (evaluation.keypoint_parts; data with ground-truth keypoints only), prints: the share of views where p is nearest;
 the heatmap's root-mean-square radius around its mean, in pixels (under 1: a sharp peak, so the soft-argmax is not
@@ -28,11 +29,13 @@ from keypointnet_tf import runs
 from keypointnet_datasets.shapenet_pairs import procedural
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training run directory.", required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix to measure instead of the run's latest, "
+                                  "e.g. <model_dir>/milestones/ckpt-5000.")
 
 
 def main(argv):
   del argv
-  net, config = runs.load_trained_model(_MODEL_DIR.value)
+  net, config = runs.load_trained_model(_MODEL_DIR.value, _CHECKPOINT.value)
   dataset = runs.ordered_split(config)
   size = config.image_size
   grid = geometry.ndc_grid(size, size).numpy().reshape(size * size, 2)  # [HW, 2]
@@ -64,7 +67,7 @@ def main(argv):
   # Image-plane offsets in object units at the keypoint's depth: NDC * |z| / focal.
   scale = -a["z"] / a["focal"][:, None]  # [V, K]
   part_uv = geometry.project(a["parts_camera"].astype(np.float32), a["focal"]).numpy()[..., :2]
-  print(f"{_MODEL_DIR.value} ({config.category}, {size} px, {len(a['z'])} views):")
+  print(f"{_CHECKPOINT.value or _MODEL_DIR.value} ({config.category}, {size} px, {len(a['z'])} views):")
   if mirror is not None:
     off_plane = [np.median(np.abs(a["parts"][a["valid"][:, p], p, procedural.SYMMETRY_AXIS]))
                  for p in range(len(names)) if mirror[p] != p]
