@@ -212,7 +212,8 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     extra_seeds: other seeds of the KeypointNet and supervised rows among `methods` (SEEDED_METHODS), trained
       as rows "<method>, seed <s>" in <folder>_seed<s> (no pictures of their own).
   Returns:
-    dict of this category's results (also merged into <output_dir>/results.json).
+    dict of this category's results, merged into <output_dir>/results.json (each row as soon as it is evaluated,
+    so an interrupted call keeps its finished rows: called again without their runs, it keeps their results).
   """
   check_ablations(ablations)
   unknown = set(methods) - set(METHOD_FOLDERS)
@@ -261,18 +262,31 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
       for key in ("train_seconds", "command"):
         results[name][key] = (stored or {}).get(key) or results[name][key]
     log(f"[{category}] {name}: mean {results[name]['mean']:.1f}, median {results[name]['median']:.1f} deg")
-  os.makedirs(output_dir, exist_ok=True)
-  stored = load_results(output_dir)
-  earlier_entry = stored.get(category, {})
-  pictures = dict(earlier_entry.get("pictures", {}))  # pictures of runs not on this machine stay as they were
+    # Every finished row is stored at once: an interrupted invocation (or one on a machine that is gone) keeps
+    # what it finished, and rerunning the command keeps those rows instead of training them again.
+    _store_entry(output_dir, category, results, base_config, command, log)
+  entry = _store_entry(output_dir, category, results, base_config, command, log)
+  pictures = dict(entry["pictures"])  # pictures of runs not on this machine stay as they were
   for name, config in configs.items():
     if name in seeded:
       continue
     if tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints")):  # ablations too (the N sweep's Fig. 9)
       pictures[name] = f"{category}_{os.path.basename(config.model_dir)}.png"
       _pictures([config.model_dir], config_lib.resolve(base_config), os.path.join(output_dir, pictures[name]))
-  # Runs stored earlier and not repeated now (e.g. ablations of a previous invocation) are kept, with any notes,
-  # when they have this budget; the others are dropped.
+  return _store_entry(output_dir, category, results, base_config, command, log, pictures)
+
+
+def _store_entry(output_dir, category, results, base_config, command, log, pictures=None):
+  """Merges `results` (row name -> result) into `category`'s entry of <output_dir>/results.json, atomically.
+
+  Rows stored earlier and not in `results` (e.g. ablations of a previous invocation) are kept, with any notes,
+  when they have base_config's budget; the others are dropped with their pictures. `pictures` (row name -> file)
+  replaces the stored ones when given. Returns the new entry.
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  stored = load_results(output_dir)
+  earlier_entry = stored.get(category, {})
+  pictures = dict(earlier_entry.get("pictures", {}) if pictures is None else pictures)
   budget = _budget_key(config_lib.to_dict(config_lib.resolve(base_config)))
   kept, other_budget = {}, False
   for name, run in earlier_entry.get("runs", {}).items():
@@ -284,12 +298,11 @@ def reproduce(base_config, output_dir, runs_dir, ablations=(), max_pairs=None, l
     else:
       log(f"[{category}] {name}: dropped the stored result of another budget ({_budget(run)})")
       pictures.pop(name, None)
-  results = {**kept, **results}
   # Notes and the older combined picture describe the stored runs; they go when a run of another budget went.
   extras = () if other_budget else ("picture", "picture_rows", "notes")
   stored[category] = {**{k: v for k, v in earlier_entry.items() if k in extras},
-                      "runs": results, "pictures": pictures, "command": command, "date": time.strftime("%Y-%m-%d"),
-                      "machine": _machine()}
+                      "runs": {**kept, **results}, "pictures": pictures, "command": command,
+                      "date": time.strftime("%Y-%m-%d"), "machine": _machine()}
   path = os.path.join(output_dir, RESULTS_FILE)
   with open(path + ".tmp", "w") as f:
     json.dump(stored, f, indent=1)

@@ -213,6 +213,21 @@ def test_extra_seeds_repeat_rows_a_and_d(tiny_planes, tmp_path):
     with pytest.raises(ValueError, match="extra seeds must differ"):
       reproduction.seeded_configs(configs, bad)
 
+  # Interrupted before its last row (here by the log; in life by a lost machine), it has stored the rows it
+  # finished; the same call again completes it.
+  class Interrupted(Exception):
+    pass
+
+  def interrupt_at_last_row(message):
+    if "supervised baseline, seed 1: training" in message:
+      raise Interrupted(message)
+
+  with pytest.raises(Interrupted):
+    reproduction.reproduce(base, output, runs, log=interrupt_at_last_row, methods=["keypointnet", "supervised"],
+                           extra_seeds=[1])
+  stored = reproduction.load_results(output)["planes"]["runs"]
+  assert list(stored) == ["KeypointNet", "supervised baseline", "KeypointNet, seed 1"]
+  assert all(0.0 <= run["median"] <= 180.0 and run["steps"] == 3 for run in stored.values())
   entry = reproduction.reproduce(base, output, runs, log=lambda _: None, methods=["keypointnet", "supervised"],
                                  extra_seeds=[1])
   assert set(entry["runs"]) == {"KeypointNet", "KeypointNet, seed 1", "supervised baseline",

@@ -11,7 +11,8 @@ For each category: builds the procedural data set when missing, trains KeypointN
 with the same budget (runs in --runs_dir/<category>/), trains each ablation with that budget too, evaluates
 everything on the test split, draws test-view pictures, and merges the numbers into --output_dir/results.json.
 The report (--report) is then rewritten from every category stored there, beside the paper's Table 1.
-Rerunning the same command resumes interrupted runs and only re-evaluates finished ones.
+Rerunning the same command resumes interrupted runs and only re-evaluates finished ones. Each row is stored in
+results.json as soon as it is evaluated, so the rows of a machine that is gone are kept, not trained again.
 Ablations: no_consistency, no_pose, no_silhouette, more_noise, keypoints_{3,5,8,10,15,20}.
 """
 
