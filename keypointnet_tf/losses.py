@@ -172,23 +172,28 @@ def anchor_loss(uv, mv, focal):
 # is a function (outputs0, outputs1, batch, loss_config) -> [] float; LossConfig.extra_terms names the registered
 # terms a run adds to the total, with their weights.
 _EXTRA_TERMS = {}
-# The registered terms that follow the silhouette warm-up (silhouette_scale), like the silhouette term itself.
-_SILHOUETTE_SCHEDULED = set()
+# How each registered term's weight changes over training (a factor from the silhouette warm-up's schedule):
+#   "constant": full weight from step 0; "silhouette_warmup": rises with the silhouette weight (a variant of the
+#   silhouette term does); "warmup_decay": 1 - that factor, full at step 0 and 0 from the warm-up's end on (a
+#   guide for the warm-up only; with no warm-up, silhouette_warmup_steps 0, it is 0 throughout).
+TERM_SCHEDULES = ("constant", "silhouette_warmup", "warmup_decay")
+_TERM_SCHEDULE = {}
 
 
-def register_term(name, term, silhouette_schedule=False):
+def register_term(name, term, schedule="constant"):
   """Makes `term` available to LossConfig.extra_terms under `name` (e.g. keypointnet_research.losses).
 
   Args:
     name: str.
     term: callable (outputs0, outputs1, batch, loss_config) -> [] float.
-    silhouette_schedule: bool. Whether the term's weight follows the silhouette warm-up (a variant of the
-      silhouette term does); otherwise it applies at full weight from step 0.
+    schedule: one of TERM_SCHEDULES, how the term's weight follows the silhouette warm-up.
   """
+  if schedule not in TERM_SCHEDULES:
+    raise ValueError(f"Unknown schedule {schedule!r} for loss term {name!r}; choose from {TERM_SCHEDULES}.")
   if name in _EXTRA_TERMS and _EXTRA_TERMS[name] is not term:
     raise ValueError(f"A loss term named {name!r} is already registered.")
   _EXTRA_TERMS[name] = term
-  (_SILHOUETTE_SCHEDULED.add if silhouette_schedule else _SILHOUETTE_SCHEDULED.discard)(name)
+  _TERM_SCHEDULE[name] = schedule
 
 
 def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), generator=None, anchor_scale=1.0,
@@ -204,7 +209,7 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     generator: tf.random.Generator, needed when loss_config.pose_noise_stddev > 0.
     anchor_scale: float or [] tensor. Factor on the anchor weight (its decay schedule).
     silhouette_scale: float or [] tensor. Factor on the silhouette and variance weights (their warm-up), and on
-      the extra terms registered with silhouette_schedule.
+      the extra terms registered with the "silhouette_warmup" schedule (1 - it on the "warmup_decay" ones).
   Returns:
     dict of [] float32: "total", the six weighted terms' raw values "pose", "consistency", "separation",
     "silhouette", "orientation", "variance", plus "chordal" (logged only), "anchor" when the anchor weight is not
@@ -237,8 +242,9 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     weights[name] = weight
   terms = {name: tf.cast(value, tf.float32) for name, value in terms.items()}
   silhouette_scale = tf.cast(silhouette_scale, tf.float32)
+  term_scales = {"constant": 1.0, "silhouette_warmup": silhouette_scale, "warmup_decay": 1.0 - silhouette_scale}
   scales = {"anchor": tf.cast(anchor_scale, tf.float32), "silhouette": silhouette_scale, "variance": silhouette_scale,
-            **{name: silhouette_scale for name, _ in loss_config.extra_terms if name in _SILHOUETTE_SCHEDULED}}
+            **{name: term_scales[_TERM_SCHEDULE[name]] for name, _ in loss_config.extra_terms}}
   terms["total"] = tf.add_n([weights[name] * scales.get(name, 1.0) * value for name, value in terms.items()])
   terms["chordal"] = tf.cast(pose["chordal"], tf.float32)
   return terms
