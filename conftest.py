@@ -7,6 +7,18 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# pytest.ini runs the tests in parallel worker processes (pytest-xdist, `-n auto`): on a GPU each of them, and each
+# process a test starts, takes GPU memory as it needs it instead of all of it at start.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+
+# Most of a test's time is single-threaded (tracing, TensorFlow's import in the processes tests start), so one worker
+# per core, at most this many (each worker imports TensorFlow and builds its own session fixtures).
+_MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+  del config
+  return max(1, min(os.cpu_count() or 1, _MAX_WORKERS))
 
 
 # A test is slow when it starts processes (subprocesses, rendering workers, data set builds) or trains: it uses one

@@ -42,8 +42,9 @@ setuptools.setup(
         # tensorflow-graphics: the tests' independent reference for rotations (test_geometry). The library does not
         # import it: what it needs (look-at cameras, the batched 3x3 SVD, geodesic angles) is a few lines each in
         # keypointnet_tf.geometry, and tensorflow-graphics would pull tensorflow-addons (end of life) into every
-        # import.
-        "test": ["pytest>=7", "scipy", "dill", "rtree", "tensorflow-serving-api", "tensorflow-graphics>=2021.12.3"],
+        # import. pytest-xdist runs the tests in parallel workers (pytest.ini).
+        "test": ["pytest>=7", "pytest-xdist", "scipy", "dill", "rtree", "tensorflow-serving-api",
+                 "tensorflow-graphics>=2021.12.3"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
     },
 )
