@@ -175,7 +175,7 @@ _EXTRA_TERMS = {}
 # How each registered term's weight changes over training (a factor from the silhouette warm-up's schedule):
 #   "constant": full weight from step 0; "silhouette_warmup": rises with the silhouette weight (a variant of the
 #   silhouette term does); "warmup_decay": 1 - that factor, full at step 0 and 0 from the warm-up's end on (a
-#   guide for the warm-up only; with no warm-up, silhouette_warmup_steps 0, it is 0 throughout).
+#   guide for the warm-up only; total_loss refuses it in a run without a warm-up, silhouette_warmup_steps 0).
 TERM_SCHEDULES = ("constant", "silhouette_warmup", "warmup_decay")
 _TERM_SCHEDULE = {}
 
@@ -215,7 +215,8 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     "silhouette", "orientation", "variance", plus "chordal" (logged only), "anchor" when the anchor weight is not
     0, and each of loss_config.extra_terms by its name.
   Raises:
-    ValueError: an extra term that is not registered (the message says which module registers research terms).
+    ValueError: an extra term that is not registered (the message says which module registers research terms), or
+      a "warmup_decay" term in a run without a silhouette warm-up.
   """
   focal = batch["focal"]
   views = ((outputs0, batch["image0"], batch["mv0"]), (outputs1, batch["image1"], batch["mv1"]))
@@ -238,6 +239,10 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     if name not in _EXTRA_TERMS:
       raise ValueError(f"Unknown loss term {name!r} in extra_terms; registered: {sorted(_EXTRA_TERMS)}. Research "
                        "terms are registered by importing keypointnet_research.losses.")
+    if _TERM_SCHEDULE[name] == "warmup_decay" and not loss_config.silhouette_warmup_steps:
+      raise ValueError(f"The loss term {name!r} acts during the silhouette warm-up only (its weight decays to 0 at "
+                       "its end), and this run has none: set silhouette_warmup_steps > 0 (e.g. "
+                       "--silhouette_warmup_steps=4000) or leave the term out.")
     terms[name] = _EXTRA_TERMS[name](outputs0, outputs1, batch, loss_config)
     weights[name] = weight
   terms = {name: tf.cast(value, tf.float32) for name, value in terms.items()}

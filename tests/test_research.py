@@ -158,8 +158,9 @@ def test_the_lateral_anchor_decays_over_the_silhouette_warm_up():
   points = rng.uniform(-1, 1, size=(2, 6, 3))
   batch = _batch_of(mv0, mvi0, mv1, mvi1)
   outputs = (_outputs_of(points, mv0), _outputs_of(points, mv1))
-  variant = config.LossConfig(pose_noise_stddev=0.0, extra_terms=(("lateral_anchor", 3.0),))
-  plain = config.LossConfig(pose_noise_stddev=0.0)
+  variant = config.LossConfig(pose_noise_stddev=0.0, silhouette_warmup_steps=100,
+                              extra_terms=(("lateral_anchor", 3.0),))
+  plain = config.LossConfig(pose_noise_stddev=0.0, silhouette_warmup_steps=100)
   pulled = sum(float(research_losses.lateral_anchor_loss(_views_of(points, mv), mvi, FOCAL))
                for mv, mvi in ((mv0, mvi0), (mv1, mvi1)))
   assert pulled > 0
@@ -168,6 +169,9 @@ def test_the_lateral_anchor_decays_over_the_silhouette_warm_up():
     paper = losses.total_loss(*outputs, batch, plain, silhouette_scale=scale)
     np.testing.assert_allclose(ours["lateral_anchor"], pulled, rtol=1e-4)
     np.testing.assert_allclose(ours["total"] - paper["total"], (1.0 - scale) * 3.0 * pulled, rtol=1e-4, atol=1e-6)
+  # Without a warm-up it would never act: refused, not silently 0.
+  with pytest.raises(ValueError, match="'lateral_anchor' acts during the silhouette warm-up only"):
+    losses.total_loss(*outputs, batch, dataclasses.replace(variant, silhouette_warmup_steps=0))
   with pytest.raises(ValueError, match="Unknown schedule 'sometimes'"):
     losses.register_term("test_sometimes", lambda o0, o1, b, c: tf.constant(0.0), schedule="sometimes")
 
