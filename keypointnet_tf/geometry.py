@@ -16,7 +16,8 @@ Conventions:
   right and v *up*: the top image row has v close to +1.
 - Pixel (row r, column j) of an H x W image has its centre at u = (j + 0.5) / (W / 2) - 1 and
   v = -((r + 0.5) / (H / 2) - 1).
-- Object ("world") space is ShapeNet's OBJ frame, Y up. The released data's 4x4 model-view matrix `mv` maps
+- Object ("world") space is ShapeNet's OBJ frame, Y up, the object's front along +X and its bilateral symmetry
+  plane X-Y, so Z runs across it (SYMMETRY_AXIS). The released data's 4x4 model-view matrix `mv` maps
   object to camera space; `mvi` is its inverse. Both are stored as 16 floats in *row-major* order of the matrix
   M that acts on column vectors: p_cam = M @ [x, y, z, 1]^T. The TF1 code reshapes to 4x4 and transposes so
   that it can multiply row vectors (p_row @ M^T); this module uses column vectors throughout, which is the
@@ -35,6 +36,9 @@ import tensorflow as tf
 
 # Added to z before dividing, as in the TF1 code's project().
 _PROJECT_EPSILON = 1e-8
+# The object frame's axis across the categories' plane of mirror symmetry (X-Y): Z. The procedural generator
+# builds its objects in this frame (keypointnet_datasets.shapenet_pairs.procedural.SYMMETRY_AXIS, tested equal).
+SYMMETRY_AXIS = 2
 
 
 # The paper's camera (its render script): a 5 degree field of view at distance 30 from the object's centre. The

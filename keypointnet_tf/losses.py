@@ -168,9 +168,45 @@ def anchor_loss(uv, mv, focal):
   return orientation_loss(uv[:, :2], mv, focal)
 
 
-# Loss terms that are not the paper's, registered by name (the research package registers its variants). A term
-# is a function (outputs0, outputs1, batch, loss_config) -> [] float; LossConfig.extra_terms names the registered
-# terms a run adds to the total, with their weights.
+# The lateral anchor's pulled keypoints (0 .. LATERAL_KEYPOINTS - 1; even ones to +Z, odd ones to -Z) and how far
+# from the symmetry plane it asks them to be, in object units (objects are 2 long; the procedural planes' wing
+# roots sit 0.10 from the plane, their wing and stabilizer tips further out).
+LATERAL_KEYPOINTS = 6
+LATERAL_MARGIN = 0.15
+
+
+def lateral_anchor_loss(uvz, mvi, focal, num_keypoints=LATERAL_KEYPOINTS, margin=LATERAL_MARGIN):
+  """Lateral anchor (not in the paper): keypoints pulled to alternate sides of the object's symmetry plane.
+
+  Every label-free run of the recipe study put most keypoints on the plane of mirror symmetry (X-Y), where the
+  losses cost the same for a step left or right, and they stay where the early steps leave them
+  (reproduction/trials.md). This term asks keypoint k < num_keypoints to lie at least `margin` from the plane, on
+  the +Z side for even k and the -Z side for odd k, and leaves the other keypoints free. It reads the object frame
+  from the known pose (the inverse model-view matrix), as the orientation targets do, not from any keypoint label;
+  but which plane is the mirror plane is a prior about the category, so a run with it is not label-free in the
+  paper's sense. `--preset=cpu_lateral` adds it at weight 10, decaying to 0 over the silhouette warm-up
+  (LossConfig.extra_terms, the "warmup_decay" schedule).
+
+  Args:
+    uvz: [B, K, 3] float. Predicted keypoints (NDC u, v and camera z).
+    mvi: [B, 4, 4] float. Camera-to-object matrix of the view.
+    focal: float, [] or [B]. NDC focal length.
+    num_keypoints: int. How many keypoints are pulled (at most K are).
+    margin: float. Distance from the plane (object units) from which on a keypoint costs nothing.
+  Returns:
+    [] float. Mean over B x min(K, num_keypoints) of relu(margin - side_k * z_k)^2, z_k the keypoint's object Z.
+  """
+  uvz = tf.convert_to_tensor(uvz)
+  count = min(uvz.shape[1], num_keypoints)
+  pulled = geometry.transform_points(tf.cast(mvi, uvz.dtype), geometry.unproject(uvz[:, :count], focal))
+  side = tf.where(tf.range(count) % 2 == 0, 1.0, -1.0)  # [count]
+  offset = pulled[..., geometry.SYMMETRY_AXIS] * tf.cast(side, uvz.dtype)  # [B, count], > 0 on its own side
+  return tf.reduce_mean(tf.square(tf.nn.relu(margin - offset)))
+
+
+# Loss terms that are not the paper's, registered by name (the lateral anchor below; the research package registers
+# its variants). A term is a function (outputs0, outputs1, batch, loss_config) -> [] float; LossConfig.extra_terms
+# names the registered terms a run adds to the total, with their weights.
 _EXTRA_TERMS = {}
 # How each registered term's weight changes over training (a factor from the silhouette warm-up's schedule):
 #   "constant": full weight from step 0; "silhouette_warmup": rises with the silhouette weight (a variant of the
@@ -194,6 +230,15 @@ def register_term(name, term, schedule="constant"):
     raise ValueError(f"A loss term named {name!r} is already registered.")
   _EXTRA_TERMS[name] = term
   _TERM_SCHEDULE[name] = schedule
+
+
+def _lateral_anchor_term(outputs0, outputs1, batch, loss_config):
+  del loss_config
+  return tf.add_n([lateral_anchor_loss(out["uvz"], batch[mvi], batch["focal"])
+                   for out, mvi in ((outputs0, "mvi0"), (outputs1, "mvi1"))])
+
+
+register_term("lateral_anchor", _lateral_anchor_term, schedule="warmup_decay")
 
 
 def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), generator=None, anchor_scale=1.0,

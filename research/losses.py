@@ -7,15 +7,12 @@ in `extra_terms`:
     (`image_plane_points`); with the separation weight set to 0 it replaces the paper's camera-space separation.
   silhouette_dilated: the silhouette loss against the object's mask grown by one pixel (`dilated_silhouette_loss`);
     with the silhouette weight set to 0 it replaces the paper's silhouette term, and follows its warm-up.
-  lateral_anchor: keypoints pulled off the object's plane of mirror symmetry during the silhouette warm-up
-    (`lateral_anchor_loss`). Not label-free in the strict sense: it reads the object frame from the known pose,
-    as the orientation network's targets do.
-Such runs are reported as "KeypointNet (variant: ...)" with the terms and weights listed.
+The lateral anchor, tried here first, is now the library's (`keypointnet_tf.losses.lateral_anchor_loss`,
+`--preset=cpu_lateral`). Such runs are reported as "KeypointNet (variant: ...)" with the terms and weights listed.
 """
 
 import tensorflow as tf
 
-from keypointnet_datasets.shapenet_pairs import procedural
 from keypointnet_tf import geometry
 from keypointnet_tf import losses
 
@@ -122,39 +119,6 @@ def grown_mask(mask, pixels):
   return tf.nn.max_pool2d(mask, 2 * pixels + 1, 1, "SAME")[..., 0] if pixels else mask[..., 0]
 
 
-# The lateral anchor's pulled keypoints (0 .. LATERAL_KEYPOINTS - 1; even ones to +Z, odd ones to -Z) and how far
-# from the symmetry plane it asks them to be, in object units (planes are 2 long; their wing roots sit 0.10 from
-# the plane, their wing and stabilizer tips further out).
-LATERAL_KEYPOINTS = 6
-LATERAL_MARGIN = 0.15
-
-
-def lateral_anchor_loss(uvz, mvi, focal, num_keypoints=LATERAL_KEYPOINTS, margin=LATERAL_MARGIN):
-  """Lateral anchor (not in the paper): keypoints pulled to alternate sides of the object's symmetry plane.
-
-  Every label-free run of the trials put most keypoints on the plane of mirror symmetry (X-Y), where the losses
-  cost the same for a step left or right, and they stay where the warm-up leaves them (reproduction/trials.md).
-  This term asks keypoint k < num_keypoints to lie at least `margin` from the plane, on the +Z side for even k and
-  the -Z side for odd k, and leaves the other keypoints free. It reads the object frame from the known pose (the
-  inverse model-view matrix), as the orientation targets do, not from any keypoint label.
-
-  Args:
-    uvz: [B, K, 3] float. Predicted keypoints (NDC u, v and camera z).
-    mvi: [B, 4, 4] float. Camera-to-object matrix of the view.
-    focal: float, [] or [B]. NDC focal length.
-    num_keypoints: int. How many keypoints are pulled (at most K are).
-    margin: float. Distance from the plane (object units) from which on a keypoint costs nothing.
-  Returns:
-    [] float. Mean over B x min(K, num_keypoints) of relu(margin - side_k * z_k)^2, z_k the keypoint's object Z.
-  """
-  uvz = tf.convert_to_tensor(uvz)
-  count = min(uvz.shape[1], num_keypoints)
-  pulled = geometry.transform_points(tf.cast(mvi, uvz.dtype), geometry.unproject(uvz[:, :count], focal))
-  side = tf.where(tf.range(count) % 2 == 0, 1.0, -1.0)  # [count]
-  offset = pulled[..., procedural.SYMMETRY_AXIS] * tf.cast(side, uvz.dtype)  # [B, count], > 0 on its own side
-  return tf.reduce_mean(tf.square(tf.nn.relu(margin - offset)))
-
-
 def _triangulation_term(outputs0, outputs1, batch, loss_config):
   del loss_config
   return triangulation_loss(outputs0["uv"], outputs1["uv"], batch["mv0"], batch["mvi0"], batch["mv1"], batch["mvi1"],
@@ -176,12 +140,3 @@ def _dilated_silhouette_term(outputs0, outputs1, batch, loss_config):
 losses.register_term("triangulation", _triangulation_term)
 losses.register_term("image_separation", _image_separation_term)
 losses.register_term("silhouette_dilated", _dilated_silhouette_term, schedule="silhouette_warmup")
-
-
-def _lateral_anchor_term(outputs0, outputs1, batch, loss_config):
-  del loss_config
-  return tf.add_n([lateral_anchor_loss(out["uvz"], batch[mvi], batch["focal"])
-                   for out, mvi in ((outputs0, "mvi0"), (outputs1, "mvi1"))])
-
-
-losses.register_term("lateral_anchor", _lateral_anchor_term, schedule="warmup_decay")

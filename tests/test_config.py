@@ -44,6 +44,30 @@ def test_presets_by_name():
     config_lib.preset("fast", "planes", gpu_visible=False)
 
 
+def test_the_lateral_preset_adds_the_lateral_anchor_over_a_silhouette_warm_up():
+  planes, label = config_lib.preset("cpu_lateral", "planes", gpu_visible=False)
+  assert label == "CPU preset + lateral anchor"
+  cpu = config_lib.cpu_preset("planes")
+  # The anchor is the only difference on planes (their recipe has the warm-up it decays over).
+  assert planes.loss.extra_terms == (("lateral_anchor", 10.0),)
+  assert dataclasses.replace(planes, loss=dataclasses.replace(planes.loss, extra_terms=())) == cpu
+  assert config_lib.method_name(planes) == ("KeypointNet (variant: silhouette_warmup_steps 4000, "
+                                            "lateral_anchor 10)")
+  # Cars have no warm-up in their recipe: they get one, at their recipe's length.
+  cars = config_lib.cpu_lateral_preset("cars")
+  assert (cars.steps, cars.loss.silhouette_warmup_steps, cars.loss.extra_terms) == (
+      8000, 4000, (("lateral_anchor", 10.0),))
+  assert config_lib.resolve(cars).loss.extra_terms == cars.loss.extra_terms
+  # Without a warm-up the anchor would never act: refused before training, with the flag to set.
+  no_warmup = dataclasses.replace(cars, loss=dataclasses.replace(cars.loss, silhouette_warmup_steps=0))
+  with pytest.raises(ValueError, match="--silhouette_warmup_steps=4000"):
+    config_lib.resolve(no_warmup)
+  config_lib.resolve(dataclasses.replace(no_warmup, supervised=True))  # the supervised loss has no such term
+  # A shorter run scales the warm-up with the flag schedule, so the anchor still decays before the end.
+  short = config_lib.fit_schedules(cars, 2000)
+  assert (short.loss.silhouette_warmup_steps, short.anneal_end) == (1000, 1500)
+
+
 def test_the_planes_preset_is_the_recipe_studys_named_variant():
   # Planes: 12,000 steps with the silhouette warm-up over the first 4,000, reported under the variant's name; the
   # rest is the other categories' preset, and --silhouette_warmup_steps=0 gives back the paper's losses.

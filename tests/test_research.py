@@ -131,51 +131,6 @@ def test_the_dilated_silhouette_follows_the_silhouette_warm_up():
       "KeypointNet (variant: silhouette 0, silhouette_dilated 1)")
 
 
-def test_lateral_anchor_pulls_keypoints_off_the_symmetry_plane_on_alternate_sides():
-  rng = np.random.default_rng(9)
-  mv0, mvi0, mv1, mvi1 = _random_cameras(rng, 3)
-  points = rng.uniform(-1, 1, size=(3, 8, 3))
-  points[:, :, 2] = rng.choice([-0.4, -0.1, 0.0, 0.05, 0.3], size=(3, 8))  # object Z, across the plane X-Y
-  uvz = tf.constant(_views_of(points, mv0), tf.float32)
-  side = np.where(np.arange(6) % 2 == 0, 1.0, -1.0)
-  expected = np.mean(np.maximum(0.15 - side * points[:, :6, 2], 0.0) ** 2)  # keypoints 6 and 7 are free
-  ours = research_losses.lateral_anchor_loss(uvz, mvi0, FOCAL)
-  np.testing.assert_allclose(ours, expected, rtol=1e-4)
-  # Its gradient moves a pulled keypoint on the plane towards its own side, in the object frame.
-  on_plane = points.copy()
-  on_plane[:, :, 2] = 0.0
-  uvz = tf.Variable(_views_of(on_plane, mv0), dtype=tf.float32)
-  with tf.GradientTape() as tape:
-    loss = research_losses.lateral_anchor_loss(uvz, mvi0, FOCAL)
-  stepped = uvz - 0.01 * tape.gradient(loss, uvz)
-  moved = geometry.transform_points(mvi0, geometry.unproject(stepped, FOCAL)).numpy()[..., 2]
-  assert np.all(moved[:, :6] * side > 0) and np.allclose(moved[:, 6:], 0.0, atol=1e-5)
-
-
-def test_the_lateral_anchor_decays_over_the_silhouette_warm_up():
-  rng = np.random.default_rng(10)
-  mv0, mvi0, mv1, mvi1 = _random_cameras(rng, 2)
-  points = rng.uniform(-1, 1, size=(2, 6, 3))
-  batch = _batch_of(mv0, mvi0, mv1, mvi1)
-  outputs = (_outputs_of(points, mv0), _outputs_of(points, mv1))
-  variant = config.LossConfig(pose_noise_stddev=0.0, silhouette_warmup_steps=100,
-                              extra_terms=(("lateral_anchor", 3.0),))
-  plain = config.LossConfig(pose_noise_stddev=0.0, silhouette_warmup_steps=100)
-  pulled = sum(float(research_losses.lateral_anchor_loss(_views_of(points, mv), mvi, FOCAL))
-               for mv, mvi in ((mv0, mvi0), (mv1, mvi1)))
-  assert pulled > 0
-  for scale in (0.0, 0.25, 1.0):  # the silhouette warm-up's factor: 0 at step 0, 1 from its end on
-    ours = losses.total_loss(*outputs, batch, variant, silhouette_scale=scale)
-    paper = losses.total_loss(*outputs, batch, plain, silhouette_scale=scale)
-    np.testing.assert_allclose(ours["lateral_anchor"], pulled, rtol=1e-4)
-    np.testing.assert_allclose(ours["total"] - paper["total"], (1.0 - scale) * 3.0 * pulled, rtol=1e-4, atol=1e-6)
-  # Without a warm-up it would never act: refused, not silently 0.
-  with pytest.raises(ValueError, match="'lateral_anchor' acts during the silhouette warm-up only"):
-    losses.total_loss(*outputs, batch, dataclasses.replace(variant, silhouette_warmup_steps=0))
-  with pytest.raises(ValueError, match="Unknown schedule 'sometimes'"):
-    losses.register_term("test_sometimes", lambda o0, o1, b, c: tf.constant(0.0), schedule="sometimes")
-
-
 def test_runs_written_with_the_old_research_fields_still_load():
   # config.json of a run from before the research variants left the core: same terms, now by name.
   old = config.to_dict(config.TrainConfig())

@@ -1,10 +1,11 @@
-"""Trains KeypointNet (label-free), the anchored variant or the supervised baseline.
+"""Trains KeypointNet (label-free), the anchored variants or the supervised baseline.
 
 Data: shapenet_pairs or the paper's released TFRecords.
 
 Examples:
   python tools/train.py --category=planes                 # CPU preset on a machine without a GPU
   python tools/train.py --category=planes --preset=cpu_anchor --model_dir=runs/planes_anchor
+  python tools/train.py --category=planes --preset=cpu_lateral --model_dir=runs/planes_lateral
   python tools/train.py --category=cars --preset=paper    # the paper's recipe (GPU; 200k steps)
   python tools/train.py --category=planes --supervised --model_dir=runs/planes_supervised
   python tools/train.py --category=cars --released_dir=/data/cars_with_keypoints --preset=paper
@@ -31,7 +32,8 @@ from keypointnet_datasets.shapenet_pairs import build
 
 _PRESET = flags.DEFINE_enum("preset", "auto", list(config_lib.PRESETS),
                             "auto: the CPU preset (label-free) when no GPU is visible, else the paper's recipe. "
-                            "cpu_anchor: the CPU preset plus the axis-anchor warm-up (not in the paper).")
+                            "cpu_anchor: the CPU preset plus the axis-anchor warm-up (not in the paper). "
+                            "cpu_lateral: the CPU preset plus the lateral anchor (not in the paper).")
 _CATEGORY = flags.DEFINE_string(
     "category", None, "Object category: cars, planes, chairs, or the name of a data set built from your own meshes "
     "(mesh_dir). Default: the --dataset_config's category, else planes.")
@@ -134,6 +136,11 @@ def main(argv):
     return 2
   print(f"Training {config_lib.method_name(config)} on {config.category} with the {preset} ({config.steps} steps, "
         f"batch {config.batch_size}, {config.image_size} px, {config.model.num_filters} filters).", flush=True)
+  lateral = dict(config.loss.extra_terms).get("lateral_anchor")
+  if lateral and not config.supervised:
+    print("Note: the lateral anchor (not in the paper) pulls keypoints 0-5 to alternate sides of the object's "
+          f"mirror plane until step {config.loss.silhouette_warmup_steps:,} (weight {lateral:g} decaying to 0): "
+          "it reads the object frame from the absolute pose. --preset=cpu trains without it.", flush=True)
   if config.loss.weights.anchor and not config.supervised:
     print("Note: the axis-anchor warm-up (not in the paper) pulls keypoints 0 and 1 to the projections of the "
           "object's +-x axis ends until step {:,}: two landmarks from the absolute pose. --anchor_weight=0 trains "
