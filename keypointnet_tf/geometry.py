@@ -37,7 +37,7 @@ import tensorflow as tf
 # Added to z before dividing, as in the TF1 code's project().
 _PROJECT_EPSILON = 1e-8
 # The object frame's axis across the categories' plane of mirror symmetry (X-Y): Z. The procedural generator
-# builds its objects in this frame (keypointnet_datasets.shapenet_pairs.procedural.SYMMETRY_AXIS, tested equal).
+# builds its objects in this frame (its own SYMMETRY_AXIS, for its NumPy-only workers, is tested equal to this).
 SYMMETRY_AXIS = 2
 
 
