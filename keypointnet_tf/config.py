@@ -216,7 +216,7 @@ def cpu_lateral_preset(category="planes"):
   One addition that is not in the paper: `losses.lateral_anchor_loss` (weight 10, decaying linearly to 0 over the
   silhouette warm-up) pulls keypoints 0-5 to alternate sides of the object's plane of mirror symmetry, at least
   0.15 object units from it, where label-free runs gather most of their keypoints. It reads the object frame from
-  the known pose and assumes the category's mirror plane (X-Y), so it is a named variant, never "KeypointNet".
+  the known pose and assumes the category's mirror plane (X-Y), so it is a named variant, never plain "KeypointNet".
   Planes keep their recipe's 12,000 steps and 4,000-step warm-up; other categories get a warm-up of
   LATERAL_WARMUP_STEPS (the anchor acts during a warm-up only) at their recipe's length. Measured on planes only
   (five seeds, docs/research.md).
