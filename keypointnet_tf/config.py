@@ -399,11 +399,6 @@ def resolve(config):
   if config.loss.silhouette_warmup_steps < 0:
     raise ValueError("silhouette_warmup_steps must be 0 (no warm-up) or positive. Received: "
                      f"silhouette_warmup_steps={config.loss.silhouette_warmup_steps}")
-  lateral = any(name == "lateral_anchor" for name, _ in config.loss.extra_terms)
-  if lateral and not config.supervised and not config.loss.silhouette_warmup_steps:
-    raise ValueError("The lateral anchor acts during the silhouette warm-up only (its weight decays to 0 at the "
-                     "warm-up's end), and this run has none: set silhouette_warmup_steps > 0 (e.g. "
-                     f"--silhouette_warmup_steps={LATERAL_WARMUP_STEPS}) or use a preset without it (--preset=cpu).")
   if config.loss.weights.anchor and not config.supervised:
     if config.anchor_steps < 1:
       raise ValueError("The anchor loss (anchor weight > 0) needs anchor_steps >= 1, the step where its weight "

@@ -211,7 +211,7 @@ _EXTRA_TERMS = {}
 # How each registered term's weight changes over training (a factor from the silhouette warm-up's schedule):
 #   "constant": full weight from step 0; "silhouette_warmup": rises with the silhouette weight (a variant of the
 #   silhouette term does); "warmup_decay": 1 - that factor, full at step 0 and 0 from the warm-up's end on (a
-#   guide for the warm-up only; total_loss refuses it in a run without a warm-up, silhouette_warmup_steps 0).
+#   guide for the warm-up only; check_terms refuses it in a run without a warm-up, silhouette_warmup_steps 0).
 TERM_SCHEDULES = ("constant", "silhouette_warmup", "warmup_decay")
 _TERM_SCHEDULE = {}
 
@@ -241,6 +241,26 @@ def _lateral_anchor_term(outputs0, outputs1, batch, loss_config):
 register_term("lateral_anchor", _lateral_anchor_term, schedule="warmup_decay")
 
 
+def check_terms(loss_config):
+  """Refuses extra terms that are not registered or could not act in this run; training calls it before step 0.
+
+  Args:
+    loss_config: config.LossConfig.
+  Raises:
+    ValueError: an extra term that is not registered (the message says which module registers research terms), or
+      a "warmup_decay" term in a run without a silhouette warm-up (its weight would be 0 at every step).
+  """
+  for name, _ in loss_config.extra_terms:
+    if name not in _EXTRA_TERMS:
+      raise ValueError(f"Unknown loss term {name!r} in extra_terms; registered: {sorted(_EXTRA_TERMS)}. Research "
+                       "terms are registered by importing keypointnet_research.losses.")
+    if _TERM_SCHEDULE[name] == "warmup_decay" and not loss_config.silhouette_warmup_steps:
+      raise ValueError(f"The loss term {name!r} acts during the silhouette warm-up only (its weight decays to 0 at "
+                       "the warm-up's end), and this run has none: set silhouette_warmup_steps > 0 (e.g. "
+                       f"--silhouette_warmup_steps={config_lib.LATERAL_WARMUP_STEPS}) or leave the term out "
+                       "(--preset=cpu has no extra terms).")
+
+
 def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), generator=None, anchor_scale=1.0,
                silhouette_scale=1.0):
   """All six terms, summed over both views where per-view, and their weighted total.
@@ -260,8 +280,7 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
     "silhouette", "orientation", "variance", plus "chordal" (logged only), "anchor" when the anchor weight is not
     0, and each of loss_config.extra_terms by its name.
   Raises:
-    ValueError: an extra term that is not registered (the message says which module registers research terms), or
-      a "warmup_decay" term in a run without a silhouette warm-up.
+    ValueError: from `check_terms`.
   """
   focal = batch["focal"]
   views = ((outputs0, batch["image0"], batch["mv0"]), (outputs1, batch["image1"], batch["mv1"]))
@@ -280,14 +299,8 @@ def total_loss(outputs0, outputs1, batch, loss_config=config_lib.LossConfig(), g
   weights = dataclasses.asdict(loss_config.weights)
   if weights["anchor"]:
     terms["anchor"] = tf.add_n([anchor_loss(out["uv"], mv, focal) for out, _, mv in views])
+  check_terms(loss_config)
   for name, weight in loss_config.extra_terms:
-    if name not in _EXTRA_TERMS:
-      raise ValueError(f"Unknown loss term {name!r} in extra_terms; registered: {sorted(_EXTRA_TERMS)}. Research "
-                       "terms are registered by importing keypointnet_research.losses.")
-    if _TERM_SCHEDULE[name] == "warmup_decay" and not loss_config.silhouette_warmup_steps:
-      raise ValueError(f"The loss term {name!r} acts during the silhouette warm-up only (its weight decays to 0 at "
-                       "its end), and this run has none: set silhouette_warmup_steps > 0 (e.g. "
-                       "--silhouette_warmup_steps=4000) or leave the term out.")
     terms[name] = _EXTRA_TERMS[name](outputs0, outputs1, batch, loss_config)
     weights[name] = weight
   terms = {name: tf.cast(value, tf.float32) for name, value in terms.items()}

@@ -314,8 +314,12 @@ def set_up(config, dataset=None, validation_dataset=None, build_data=None):
     Trainer.
   Raises:
     TrainingError: bad settings, a conflicting earlier run, or a checkpoint that does not match the model.
+    ValueError: a setting out of range (config.resolve) or an extra loss term that cannot act in this run
+      (losses.check_terms), before anything is built.
   """
   config = config_lib.resolve(config)
+  if not config.supervised:  # the supervised loss has no extra terms
+    losses.check_terms(config.loss)
   # First: a multi-worker strategy must exist before anything starts TensorFlow's runtime.
   strategy = distribute.make_strategy(config.strategy, config.worker_timeout_secs)
   if config.mixed_precision:

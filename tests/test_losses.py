@@ -315,7 +315,14 @@ def test_the_lateral_anchor_decays_over_the_silhouette_warm_up():
     np.testing.assert_allclose(ours["lateral_anchor"], pulled, rtol=1e-4)
     np.testing.assert_allclose(ours["total"] - paper["total"], (1.0 - scale) * 3.0 * pulled, rtol=1e-4, atol=1e-6)
   # Without a warm-up it would never act: refused, not silently 0.
+  no_warmup = dataclasses.replace(variant, silhouette_warmup_steps=0)
+  with pytest.raises(ValueError, match="'lateral_anchor' acts during the silhouette warm-up only.*"
+                                       "--silhouette_warmup_steps=4000"):
+    losses.check_terms(no_warmup)
   with pytest.raises(ValueError, match="'lateral_anchor' acts during the silhouette warm-up only"):
-    losses.total_loss(*outputs, batch, dataclasses.replace(variant, silhouette_warmup_steps=0))
+    losses.total_loss(*outputs, batch, no_warmup)  # direct callers of the loss get the same refusal
+  losses.check_terms(variant)
+  with pytest.raises(ValueError, match="Unknown loss term 'no_such_term'"):
+    losses.check_terms(dataclasses.replace(variant, extra_terms=(("no_such_term", 1.0),)))
   with pytest.raises(ValueError, match="Unknown schedule 'sometimes'"):
     losses.register_term("test_sometimes", lambda o0, o1, b, c: tf.constant(0.0), schedule="sometimes")

@@ -105,6 +105,15 @@ def test_resume_with_conflicting_settings_is_refused(tiny_planes, tmp_path):
                         _one_batch_dataset(data_dir, name))["step"] == 2
 
 
+def test_a_warm_up_only_term_without_a_warm_up_is_refused_before_anything_is_built(tmp_path):
+  lateral = config_lib.LossConfig(pose_noise_stddev=0.1, extra_terms=(("lateral_anchor", 10.0),))
+  config = _config(tmp_path, loss=lateral)  # silhouette_warmup_steps 0: the anchor's weight would be 0 throughout
+  dataset = tf.data.Dataset.from_tensors({"unused": tf.zeros([1])}).repeat()  # never read: refused first
+  with pytest.raises(ValueError, match="'lateral_anchor' acts during the silhouette warm-up only"):
+    training.train(config, dataset)
+  assert not os.path.exists(config.model_dir)
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_planes, tmp_path, capsys):
   data_dir, name = tiny_planes
   good = next(iter(_one_batch_dataset(data_dir, name)))

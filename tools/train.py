@@ -26,6 +26,7 @@ from absl import flags
 import tensorflow as tf
 
 from keypointnet_tf import config as config_lib
+from keypointnet_tf import losses
 from keypointnet_tf import runs
 from keypointnet_tf import training
 from keypointnet_datasets.shapenet_pairs import build
@@ -114,7 +115,10 @@ def _config_from_flags():
   if config.loss.weights.anchor and not config.anchor_steps:  # --anchor_weight on a preset without an anchor
     config = config_lib.with_anchor(config, config.loss.weights.anchor)
   saved = _saved_run(config_lib.resolve(config).model_dir)
-  return config_lib.plan_run(config, _INT_FLAGS["steps"].value or config.steps, explicit, saved), preset
+  config = config_lib.plan_run(config, _INT_FLAGS["steps"].value or config.steps, explicit, saved)
+  if not config.supervised:  # refused here, before the start line, rather than by training.train
+    losses.check_terms(config.loss)
+  return config, preset
 
 
 def _saved_run(model_dir):
