@@ -219,7 +219,7 @@ def cpu_lateral_preset(category="planes"):
   the known pose and assumes the category's mirror plane (X-Y), so it is a named variant, never plain "KeypointNet".
   Planes keep their recipe's 12,000 steps and 4,000-step warm-up; other categories get a warm-up of
   LATERAL_WARMUP_STEPS (the anchor acts during a warm-up only) at their recipe's length. Its gain is measured on
-  planes (five seeds); on generator-2 cars two seeds split (docs/research.md).
+  planes (five seeds); on generator-2 cars two seeds split, on chairs one seed lost DAS (docs/research.md).
   """
   cpu = cpu_preset(category)
   loss = cpu.loss
