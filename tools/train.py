@@ -142,9 +142,10 @@ def main(argv):
         f"batch {config.batch_size}, {config.image_size} px, {config.model.num_filters} filters).", flush=True)
   lateral = dict(config.loss.extra_terms).get("lateral_anchor")
   if lateral and not config.supervised:
-    print("Note: the lateral anchor (not in the paper) pulls keypoints 0-5 to alternate sides of the object's "
-          f"mirror plane until step {config.loss.silhouette_warmup_steps:,} (weight {lateral:g} decaying to 0): "
-          "it reads the object frame from the absolute pose. --preset=cpu trains without it.", flush=True)
+    print(f"Note: the lateral anchor (not in the paper) pulls keypoints 0-{losses.LATERAL_KEYPOINTS - 1} to "
+          "alternate sides of the object's mirror plane until step "
+          f"{config.loss.silhouette_warmup_steps:,} (weight {lateral:g} decaying to 0): it reads the object frame from "
+          "the absolute pose. --preset=cpu trains without it.", flush=True)
   if config.loss.weights.anchor and not config.supervised:
     print("Note: the axis-anchor warm-up (not in the paper) pulls keypoints 0 and 1 to the projections of the "
           "object's +-x axis ends until step {:,}: two landmarks from the absolute pose. --anchor_weight=0 trains "
