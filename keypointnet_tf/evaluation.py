@@ -260,17 +260,18 @@ def evaluate(predict_fn, dataset, noise_stddev=0.0, seed=0, max_pairs=None):
 
 
 def evaluate_run(model_dir, split="test", noise_stddev=0.0, max_pairs=None, data_dir=None, released_dir=None,
-                 batch_size=32, build_data=None, dataset_config=None):
-  """Evaluates a training run's latest checkpoint on a split of its data (or of another data set).
+                 batch_size=32, build_data=None, dataset_config=None, checkpoint=None):
+  """Evaluates a training run's latest (or given) checkpoint on a split of its data (or of another data set).
 
   Args:
+    checkpoint: optional checkpoint prefix of the run (default: its latest).
     dataset_config: optional shapenet_pairs config to evaluate on instead of the run's own (e.g. the same
       objects rendered with random appearance); images are resized to the run's size.
     build_data: optional callable that builds missing data (runs.dataset_source).
   Returns:
     (row from evaluate(), category).
   """
-  net, config = runs.load_trained_model(model_dir)
+  net, config = runs.load_trained_model(model_dir, checkpoint)
   overrides = {k: v for k, v in (("data_dir", data_dir), ("released_dir", released_dir),
                                   ("dataset_config", dataset_config)) if v}
   config = dataclasses.replace(config, **overrides)

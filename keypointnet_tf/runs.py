@@ -11,6 +11,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import time
 
 import tensorflow as tf
@@ -93,6 +94,34 @@ def restore_all(checkpoint, path, what):
   return status.expect_partial()
 
 
+def checked_checkpoint(model_dir, checkpoint=None):
+  """The checkpoint prefix to load: `checkpoint` if given and present, else the run's latest.
+
+  Args:
+    model_dir: run directory.
+    checkpoint: optional checkpoint prefix (e.g. <model_dir>/milestones/ckpt-5000) or one of its files.
+  Returns:
+    str, a prefix whose ".index" file exists.
+  Raises:
+    FileNotFoundError: the given prefix has no ".index" file, or the run has no checkpoint.
+  """
+  if checkpoint:
+    checkpoint = re.sub(r"\.(index|data-\d+-of-\d+)$", "", checkpoint)  # a file of the checkpoint: its prefix
+    if not tf.io.gfile.exists(checkpoint + ".index"):
+      raise FileNotFoundError(f"No checkpoint {checkpoint} ({checkpoint}.index does not exist): pass a checkpoint "
+                              "prefix such as RUN/checkpoints/ckpt-5000 or RUN/milestones/ckpt-5000.")
+    return checkpoint
+  latest = tf.train.latest_checkpoint(checkpoint_dir(model_dir))
+  if latest is None:
+    raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(model_dir)}: train first (tools/train.py).")
+  return latest
+
+
+def checkpoint_step(checkpoint):
+  """The step a checkpoint prefix was saved at: 5000 for ".../ckpt-5000"."""
+  return int(checkpoint.rsplit("-", 1)[1])
+
+
 def load_trained_model(model_dir, checkpoint=None):
   """KeypointNet of a training run, with the latest (or the given) checkpoint's weights, all of them.
 
@@ -107,9 +136,7 @@ def load_trained_model(model_dir, checkpoint=None):
   """
   run_config = load_config(model_dir)
   net = model_lib.build_model(run_config.model, image_size=run_config.image_size)
-  checkpoint = checkpoint or tf.train.latest_checkpoint(checkpoint_dir(model_dir))
-  if checkpoint is None:
-    raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(model_dir)}: train first (tools/train.py).")
+  checkpoint = checked_checkpoint(model_dir, checkpoint)
   restore_all(tf.train.Checkpoint(model=net), checkpoint, f"run {model_dir}")
   return net, run_config
 
@@ -164,7 +191,7 @@ def chosen_run(model_dir=None, pretrained=None):
   return model_dir or pretrained_dir(pretrained)
 
 
-def write_pretrained(model_dir, target, info):
+def write_pretrained(model_dir, target, info, checkpoint=None):
   """Writes a trained run's model as a shipped model: config.json, the weights alone, pretrained.json.
 
   The optimizer's state is left out (a third of a training checkpoint's size). Written to a temporary folder first
@@ -174,11 +201,13 @@ def write_pretrained(model_dir, target, info):
     model_dir: the training run.
     target: folder to create (e.g. PRETRAINED_DIR/planes); an existing one is replaced.
     info: JSON-ready dict stored as pretrained.json (source run, step, measured numbers, command).
+    checkpoint: optional checkpoint prefix of the run to ship (default: its latest), e.g. a milestone.
   Returns:
     the size of the written files in bytes.
   """
-  net, run_config = load_trained_model(model_dir)
-  step = int(tf.train.latest_checkpoint(checkpoint_dir(model_dir)).rsplit("-", 1)[1])
+  checkpoint = checked_checkpoint(model_dir, checkpoint)
+  net, run_config = load_trained_model(model_dir, checkpoint)
+  step = checkpoint_step(checkpoint)
   tmp = target.rstrip("/") + ".tmp"
   if tf.io.gfile.exists(tmp):
     tf.io.gfile.rmtree(tmp)

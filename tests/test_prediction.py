@@ -146,6 +146,31 @@ def test_write_pretrained_keeps_the_weights_and_drops_the_optimizer(tiny_run, tm
     runs.chosen_run(None, "nope")
 
 
+def test_write_pretrained_ships_a_chosen_checkpoint(tiny_run, tmp_path):
+  # An earlier checkpoint of the run (here: the latest weights plus 1, saved as step 7 outside the run) is shipped
+  # instead of the latest when named, by its prefix or by one of its files; a missing one is refused by name.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from keypointnet_tf import runs  # pylint: disable=g-import-not-at-top
+  net, _ = runs.load_trained_model(tiny_run)
+  for weight in net.weights:
+    weight.assign(weight + 1.0)
+  prefix = tf.train.CheckpointManager(tf.train.Checkpoint(model=net), str(tmp_path / "milestones"),
+                                      max_to_keep=1).save(checkpoint_number=7)
+  target = str(tmp_path / "pretrained" / "tiny")
+  runs.write_pretrained(tiny_run, target, {"method": "KeypointNet"}, checkpoint=prefix + ".index")
+  shipped, _ = runs.load_trained_model(target)
+  latest, _ = runs.load_trained_model(tiny_run)
+  for a, b, c in zip(net.weights, shipped.weights, latest.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(b.numpy(), c.numpy() + np.float32(1.0))
+  with open(os.path.join(target, "pretrained.json")) as f:
+    assert json.load(f)["step"] == 7
+  with pytest.raises(FileNotFoundError, match="ckpt-8.index does not exist"):
+    runs.write_pretrained(tiny_run, target, {}, checkpoint=str(tmp_path / "milestones" / "ckpt-8"))
+  with open(os.path.join(target, "pretrained.json")) as f:
+    assert json.load(f)["step"] == 7  # refused before the shipped model was touched
+
+
 def tf_latest(folder):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.train.latest_checkpoint(folder)
