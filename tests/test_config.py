@@ -190,3 +190,7 @@ def test_generator_2_cars_have_named_configs_with_generator_1_splits():
     assert (gen1.generator, gen2.generator) == (1, 2)
     assert dataclasses.replace(gen2, name=gen1.name, generator=1, description=gen1.description) == gen1
   assert not [n for n in configs if n.endswith("_gen2") and not n.startswith("cars")]
+  # What the tools render a model's turntable and held-out objects with: its data set's generator.
+  assert [builder_lib.generator_of(n) for n in ("cars_small_x10_gen2", "cars_small_x10", "planes", "my_meshes")] \
+      == [2, 1, 1, 1]
+  assert builder_lib.generator_of(config_lib.cpu_preset("cars").dataset_config) == 2

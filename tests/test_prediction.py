@@ -177,8 +177,9 @@ def tf_latest(folder):
 
 
 def test_shipped_models_find_the_pose_of_held_out_objects(tmp_path):
-  # Each shipped model, on 8 test objects of its category (planes_small_x10's test split, objects 220-227) exported
-  # as PLY files and rendered from new cameras through the user-mesh path; chance is ~90 degrees.
+  # Each shipped model, on 8 test objects of its category (planes_small_x10's test split, objects 220-227, from the
+  # generator its data came from) exported as PLY files and rendered from new cameras through the user-mesh path;
+  # chance is ~90 degrees.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from keypointnet_datasets.shapenet_pairs import procedural  # pylint: disable=g-import-not-at-top
   from keypointnet_datasets.shapenet_pairs import shapenet_pairs_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
@@ -196,7 +197,8 @@ def test_shipped_models_find_the_pose_of_held_out_objects(tmp_path):
     meshes = tmp_path / name
     meshes.mkdir()
     for index in range(220, 228):
-      procedural.generate(name, index).mesh.export(meshes / f"{index}.ply")
+      procedural.generate(name, index, builder_lib.generator_of(config.dataset_config)).mesh.export(
+          meshes / f"{index}.ply")
     (meshes / "splits").mkdir()
     (meshes / "splits" / "test.txt").write_text("".join(f"{i}.ply\n" for i in range(220, 228)))
     data_dir = tmp_path / "data"

@@ -87,8 +87,9 @@ def main(argv):
   else:
     from keypointnet_datasets.shapenet_pairs import cameras  # pylint: disable=g-import-not-at-top
     from keypointnet_datasets.shapenet_pairs import rendering  # pylint: disable=g-import-not-at-top
+    from keypointnet_datasets.shapenet_pairs import shapenet_pairs_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
     job = {"mesh": {"kind": "procedural", "category": config.category, "index": _TURNTABLE.value,
-                    "generator": _GENERATOR.value or (2 if config.dataset_config.endswith("_gen2") else 1)},
+                    "generator": _GENERATOR.value or builder_lib.generator_of(config.dataset_config)},
            "model_views": cameras.turntable(_FRAMES.value)}
     result = next(rendering.render_jobs([job], max(config.image_size, prediction.DISPLAY_SIZE), num_workers=1))
     if result["error"]:

@@ -143,6 +143,18 @@ def _configs():
   return configs
 
 
+def generator_of(dataset_config):
+  """The procedural generator (1 or 2) of the built-in config named `dataset_config`; 1 for other names (the
+  user's data sets, whose meshes come from files).
+
+  Args:
+    dataset_config: str, e.g. "cars_small_x10_gen2".
+  Returns:
+    int.
+  """
+  return {config.name: config.generator for config in Builder.BUILDER_CONFIGS}.get(dataset_config, 1)
+
+
 def _stable_hash(text):
   return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
