@@ -264,10 +264,10 @@ def evaluate_run(model_dir, split="test", noise_stddev=0.0, max_pairs=None, data
   """Evaluates a training run's latest (or given) checkpoint on a split of its data (or of another data set).
 
   Args:
-    checkpoint: optional checkpoint prefix of the run (default: its latest).
     dataset_config: optional shapenet_pairs config to evaluate on instead of the run's own (e.g. the same
       objects rendered with random appearance); images are resized to the run's size.
     build_data: optional callable that builds missing data (runs.dataset_source).
+    checkpoint: optional checkpoint prefix of the run (default: its latest).
   Returns:
     (row from evaluate(), category).
   """
