@@ -148,7 +148,7 @@ def test_write_pretrained_keeps_the_weights_and_drops_the_optimizer(tiny_run, tm
 
 def test_write_pretrained_ships_a_chosen_checkpoint(tiny_run, tmp_path):
   # An earlier checkpoint of the run (here: the latest weights plus 1, saved as step 7 outside the run) is shipped
-  # instead of the latest when named, by its prefix or by one of its files; a missing one is refused by name.
+  # instead of the latest when named (here by its .index file, which names its prefix); a missing one is refused.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from keypointnet_tf import runs  # pylint: disable=g-import-not-at-top
   net, _ = runs.load_trained_model(tiny_run)

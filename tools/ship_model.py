@@ -4,9 +4,10 @@ Examples:
   python tools/ship_model.py --model_dir=runs/reproduce/planes/keypointnet --name=planes
   python tools/ship_model.py --model_dir=/tmp/trials/long --checkpoint=/tmp/trials/long/milestones/ckpt-30000 \
       --name=planes      # an earlier step of the run (bench/cpu_trial.py --eval_at keeps them in milestones/)
-Evaluates the run (its latest checkpoint, or --checkpoint) on its test split first (the evaluation protocol: predicted flag, no noise) and stores the numbers,
-the run's method name and step, and this command in keypointnet_tf/pretrained/<name>/pretrained.json beside the
-config and the weights (the optimizer's state is left out).
+Evaluates the run (its latest checkpoint, or --checkpoint) on its test split first (the evaluation protocol:
+predicted flag, no noise) and stores the numbers, the run's method name and the checkpoint's step, and this command
+in keypointnet_tf/pretrained/<name>/pretrained.json beside the config and the weights (the optimizer's state is
+left out).
 """
 
 import os
